@@ -1,0 +1,40 @@
+"""The ground floor: one exception family for everything medft refuses.
+
+Every error a user can cause (a bad file, a bad manifest, a bad config, missing
+weights) is a :class:`MedftError`. The CLI prints these without a traceback and
+exits non-zero; anything else escaping is a bug in medft.
+"""
+
+from __future__ import annotations
+
+
+class MedftError(Exception):
+    """Base class of every error medft raises on purpose."""
+
+
+class DicomReadError(MedftError):
+    """A file could not be read as an X-ray image (names the file and the reason)."""
+
+
+class UnsupportedCodecError(DicomReadError):
+    """The file is valid but no installed decoder handles its transfer syntax."""
+
+
+class DataError(MedftError):
+    """A manifest, label table or split is malformed (names the row or column)."""
+
+
+class LeakageError(DataError):
+    """A patient appears in more than one part of a split."""
+
+
+class ConfigError(MedftError):
+    """A configuration value is invalid (names the key and the allowed values)."""
+
+
+class WeightsError(MedftError):
+    """Pretrained weights could not be found or did not match the model."""
+
+
+class CheckpointError(MedftError):
+    """A checkpoint is missing, unsafe or does not belong to medft."""
