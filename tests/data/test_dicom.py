@@ -1014,7 +1014,7 @@ def test_rle_data_that_happens_to_hold_j2k_marker_bytes_decodes(tmp_path) -> Non
     path = tmp_path / "rle.dcm"
     ds.save_as(path, enforce_file_format=True)
     assert b"\xff\x4f\xff\x51" in pydicom.dcmread(path).PixelData
-    image, meta_out = read_xray(path)
+    image, _ = read_xray(path)
     assert image.shape == (32, 32)
     expected = (pixels.astype(np.float32) - pixels.min()) / (pixels.max() - pixels.min())
     assert np.allclose(image, expected, atol=1e-6)
