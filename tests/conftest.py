@@ -25,3 +25,52 @@ def _offline_and_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     monkeypatch.setenv("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 synthetic patients at 64 px (labels.csv path); made once per test session."""
+    from medft.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("tiny_synth")
+    return synthesize(out, 40, size=64, seed=0).labels_csv
+
+
+def tiny_fit_args(manifest: Path, run_dir: Path, *extra: str) -> list[str]:
+    """`medft fit` arguments for a seconds-long run: tiny timm model, random init, 64 px."""
+    return [
+        "--config",
+        str(ROOT / "configs" / "quickstart.yaml"),
+        "--data.manifest",
+        str(manifest),
+        "--data.image_size",
+        "64",
+        "--data.batch_size",
+        "8",
+        "--data.num_workers",
+        "0",
+        "--model.backbone",
+        "test_efficientnet",
+        "--model.pretrained",
+        "false",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.default_root_dir",
+        str(run_dir),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of a 2-epoch fit on the tiny dataset (best by validation AUROC)."""
+    from medft.lightning_cli import run_lightning
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    cli = run_lightning("fit", tiny_fit_args(tiny_dataset, run_dir), run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return Path(cli.trainer.checkpoint_callback.last_model_path)

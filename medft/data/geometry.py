@@ -130,6 +130,7 @@ def _resize(tensor: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     squeeze = tensor.ndim == 2
     batch = tensor[None, None] if squeeze else tensor[None]
     shrinking = shape[0] < tensor.shape[-2] or shape[1] < tensor.shape[-1]
-    out = F.interpolate(batch, size=tuple(shape), mode="bilinear", align_corners=False,
-                        antialias=shrinking)
+    out = F.interpolate(
+        batch, size=tuple(shape), mode="bilinear", align_corners=False, antialias=shrinking
+    )
     return out[0, 0] if squeeze else out[0]

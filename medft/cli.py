@@ -1,0 +1,352 @@
+"""The ``medft`` command: a thin shell over library functions.
+
+Every subcommand parses its arguments, calls one function of the package and
+prints the result. Errors medft raises on purpose (:class:`MedftError`) are
+printed as one clear message without a traceback, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from medft import __version__
+from medft.errors import ConfigError, MedftError
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from medft.data.synth import synthesize
+
+    result = synthesize(
+        args.out,
+        args.n_patients,
+        images_per_patient=args.images_per_patient,
+        size=args.size,
+        seed=args.seed,
+        prevalence=args.prevalence,
+        shortcut=args.shortcut,
+        shortcut_strength=args.shortcut_strength,
+        workers=args.workers,
+        patient_info=args.patient_info,
+    )
+    print(
+        f"wrote {result.n_images} images of {args.n_patients} patients to {result.root} "
+        f"in {result.seconds:.1f} s\nlabels: {result.labels_csv}"
+    )
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from medft.data.check import check_manifest
+
+    report = check_manifest(args.manifest, workers=args.workers)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.format())
+    return 0 if report.ok else 1
+
+
+def _cmd_data_audit(args: argparse.Namespace) -> int:
+    from medft.data.audit import audit_manifest
+
+    report = audit_manifest(
+        args.manifest,
+        labels=args.labels or None,
+        threshold=args.threshold,
+        folds=args.folds,
+        seed=args.seed,
+        workers=args.workers,
+        max_images=args.max_images,
+        probes=not args.no_probes,
+        quick=args.quick,
+        exclude_columns=args.exclude,
+    )
+    written = report.write(args.out) if args.out is not None else {}
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
+    if written and not args.json:
+        print(f"\nwrote {written['json']} and {written['html']}")
+    return 0  # findings are information, not failure
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from medft.quickstart import run_quickstart
+
+    run_quickstart(args.out, epochs=args.epochs, n_patients=args.n_patients, seed=args.seed)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from medft.eval.evaluate import evaluate, format_summary
+
+    metrics = evaluate(
+        args.checkpoint,
+        args.manifest,
+        args.out,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        by=args.by,
+        aggregate=args.aggregate,
+        how=args.how,
+        calibrate=args.calibrate,
+        include_patient_id=args.include_patient_id,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        on_bad_file=args.on_bad_file,
+    )
+    print(format_summary(metrics, args.out))
+    return 0
+
+
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from medft.eval import cv
+
+    command, rest = (args.words[0], args.words[1:]) if args.words else ("", [])
+    if command == "aggregate" and len(rest) == 1:
+        print(cv.format_summary(cv.aggregate(rest[0], n_boot=args.n_boot, seed=args.seed)))
+    elif command == "compare" and len(rest) == 2:
+        result = cv.compare(
+            rest[0], rest[1], n_boot=args.n_boot or 1000, seed=args.seed or 0, out=args.out
+        )
+        print(cv.format_comparison(result))
+    elif command in ("aggregate", "compare"):
+        raise ConfigError("usage: medft cv aggregate DIR | medft cv compare DIR_A DIR_B")
+    else:
+        if args.config is None or args.out is None:
+            raise ConfigError("medft cv needs --config X.yaml and --out DIR (see medft cv -h)")
+        cv.run(
+            args.config,
+            args.folds,
+            args.out,
+            repeats=args.repeats,
+            fold=args.fold,
+            repeat=args.repeat,
+            resume=args.resume,
+            seed=args.seed or 0,
+            overrides=args.words,
+            by=args.by,
+            n_boot=args.n_boot or 1000,
+        )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from medft.demo import run_demo, settings_from_args
+
+    return run_demo(settings_from_args(args))
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from medft.explain.batch import explain_inputs, format_summary
+
+    index = explain_inputs(
+        args.checkpoint,
+        args.input,
+        args.out,
+        method=args.method,
+        findings=args.findings,
+        norm=args.norm,
+        alpha=args.alpha,
+        check=args.check,
+        check_max=args.check_max,
+    )
+    print(format_summary(index, args.out))
+    return 0 if (index["status"] == "ok").any() else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every non-Lightning subcommand (also used to document the CLI)."""
+    parser = argparse.ArgumentParser(
+        prog="medft",
+        description="Fine-tune ImageNet-pretrained models on DICOM X-rays. "
+        "`medft fit|validate|test|predict --help` shows the training options.",
+    )
+    parser.add_argument("--version", action="version", version=f"medft {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write a synthetic chest X-ray DICOM dataset")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--n-patients", required=True, type=int)
+    p.add_argument("--images-per-patient", type=int, default=1)
+    p.add_argument("--size", type=int, default=256, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prevalence", type=float, default=0.5, help="fraction of abnormal images")
+    p.add_argument(
+        "--shortcut",
+        choices=["manufacturer", "size", "photometric", "marker"],
+        default=None,
+        help="plant a spurious feature that correlates with the label (for audits)",
+    )
+    p.add_argument("--shortcut-strength", type=float, default=0.9)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument(
+        "--patient-info",
+        action="store_true",
+        help="also write fake names, birth dates and accession numbers (for leak tests)",
+    )
+    p.set_defaults(handler=_cmd_synth)
+
+    data = sub.add_parser("data", help="inspect datasets").add_subparsers(
+        dest="data_command", metavar="DATA_COMMAND"
+    )
+    p = data.add_parser("check", help="read every file of a manifest and summarise")
+    p.add_argument("--manifest", required=True, help="manifest CSV or CLASS/** folder")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(handler=_cmd_data_check)
+    p = data.add_parser("audit", help="shortcut audit: can metadata or borders predict labels?")
+    p.add_argument("--manifest", required=True, help="manifest CSV or CLASS/** folder")
+    p.add_argument("--out", type=Path, default=None, help="write audit.json and audit.html here")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--threshold", type=float, default=0.70, help="AUROC that raises a finding")
+    p.add_argument("--labels", nargs="+", default=None, help="labels to audit (default: all)")
+    p.add_argument("--no-probes", action="store_true", help="skip the thumbnail/border probes")
+    p.add_argument("--quick", action="store_true", help="headers of <= 500 images, seconds")
+    p.add_argument("--max-images", type=int, default=None, help="audit a subset of patients")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exclude", action="append", default=[], metavar="COLUMN",
+                   help="manifest column never used as a feature; repeatable")  # fmt: skip
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(handler=_cmd_data_audit)
+
+    p = sub.add_parser(
+        "quickstart", help="synthesise data, fine-tune and test on it, offline (a few minutes)"
+    )
+    p.add_argument("--out", type=Path, default=Path("medft-quickstart"))
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    p.add_argument("--n-patients", type=int, default=None, help="override the dataset size")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_cmd_quickstart)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint on a manifest: predictions, metrics with CIs, report.html",
+    )
+    p.add_argument("--checkpoint", required=True, help="a medft checkpoint (.ckpt)")
+    p.add_argument("--manifest", required=True, help="manifest CSV or CLASS/** folder")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--n-boot", type=int, default=1000, help="patient bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument(
+        "--by",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="subgroup column (manifest column or DICOM metadata such as view_position, "
+        "manufacturer, patient_sex, age_band); repeatable",
+    )
+    p.add_argument(
+        "--aggregate", choices=["image", "patient", "study"], default="image",
+        help="unit of analysis (study needs a study_id column)",
+    )  # fmt: skip
+    p.add_argument("--how", choices=["max", "mean"], default="max", help="aggregation")
+    p.add_argument(
+        "--calibrate", action="store_true", help="apply the checkpoint's stored temperature"
+    )
+    p.add_argument(
+        "--include-patient-id",
+        action="store_true",
+        help="write raw patient IDs to predictions.csv (default: salted keys only)",
+    )
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--on-bad-file", choices=["skip", "fail"], default="skip")
+    p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "cv",
+        help="K-fold cross-validation study; also `cv aggregate DIR`, `cv compare DIR_A DIR_B`",
+        usage="medft cv --config X.yaml --folds K --out DIR [--repeats R] [--fold I] "
+        "[--resume] [--seed S] [--by COL] [-- LIGHTNING_OVERRIDES ...]\n"
+        "       medft cv aggregate DIR [--n-boot N] [--seed S]\n"
+        "       medft cv compare DIR_A DIR_B [--out FILE.json] [--n-boot N] [--seed S]",
+    )
+    p.add_argument("--config", help="a `medft fit` YAML config")
+    p.add_argument("--folds", type=int, default=5, help="K (default 5)")
+    p.add_argument("--out", help="study folder (compare: a JSON file to write)")
+    p.add_argument("--repeats", type=int, default=1, help="repeated K-fold")
+    p.add_argument("--fold", type=int, default=None, help="run only fold I (one job per fold)")
+    p.add_argument("--repeat", type=int, default=None, help="with --fold: only this repeat")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    p.add_argument("--seed", type=int, default=None, help="fold assignment / bootstrap seed")
+    p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples (1000)")
+    p.add_argument("--by", action="append", default=[], metavar="COLUMN", help="subgroup column")
+    p.add_argument(
+        "words",
+        nargs="*",
+        metavar="...",
+        help="`aggregate DIR`, `compare DIR_A DIR_B`, or after `--` LightningCLI overrides "
+        "for every fold (e.g. -- --trainer.max_epochs 3)",
+    )
+    p.set_defaults(handler=_cmd_cv)
+
+    p = sub.add_parser(
+        "explain",
+        help="saliency maps of a checkpoint for a file or folder: overlays, raw maps, index.csv",
+    )
+    p.add_argument("--checkpoint", required=True, help="a medft checkpoint (.ckpt)")
+    p.add_argument("--input", required=True, help="an image file or a folder (recursive)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--method", choices=["gradcam", "gradcam++", "hirescam", "occlusion"], default="gradcam"
+    )
+    p.add_argument("--findings", nargs="+", default=None, help="default: every finding")
+    p.add_argument(
+        "--norm", choices=["probability", "percentile"], default="probability",
+        help="display normalisation shared by the findings of an image",
+    )  # fmt: skip
+    p.add_argument("--alpha", type=float, default=0.4, help="overlay opacity at full colour")
+    p.add_argument(
+        "--check", action="store_true",
+        help="also run the randomisation check and deletion/insertion scores (checks.json)",
+    )  # fmt: skip
+    p.add_argument("--check-max", type=int, default=20, help="images used by --check")
+    p.set_defaults(handler=_cmd_explain)
+
+    from medft.demo.settings import add_demo_arguments
+
+    p = sub.add_parser("demo", help="review predictions and saliency maps in a browser (Gradio)")
+    add_demo_arguments(p)
+    p.set_defaults(handler=_cmd_demo)
+
+    for name in LIGHTNING_COMMANDS:
+        sub.add_parser(name, help=f"{name} with a YAML config (LightningCLI; see --help)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medft`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        if argv and argv[0] in LIGHTNING_COMMANDS:
+            from medft.lightning_cli import run_lightning
+
+            run_lightning(argv[0], argv[1:])
+            return 0
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        handler: Handler | None = getattr(args, "handler", None)
+        if handler is None:
+            parser.print_help()
+            return 0 if not argv else 2
+        return handler(args)
+    except MedftError as exc:
+        print(f"medft: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medft: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

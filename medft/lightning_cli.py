@@ -1,0 +1,103 @@
+"""LightningCLI wiring for ``medft fit|validate|test|predict``.
+
+The config schema is the type signature of :class:`~medft.model.module.XrayClassifier`
+and :class:`~medft.data.datamodule.XrayDataModule`; this module only adds the
+links between them (labels and task come from the manifest, the run directory
+from the trainer) and medft's default callbacks and loggers.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from medft.data.datamodule import XrayDataModule
+from medft.model.module import XrayClassifier
+
+DEFAULT_ROOT = "medft-runs/run"
+
+
+def trainer_defaults() -> dict[str, Any]:
+    """Trainer settings every medft run starts from (callbacks here are always present)."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from medft.eval.callbacks import OperatingPointCallback
+
+    return {
+        "default_root_dir": DEFAULT_ROOT,
+        "max_epochs": 10,
+        "log_every_n_steps": 10,
+        "gradient_clip_val": 1.0,
+        "num_sanity_val_steps": 0,
+        "callbacks": [LearningRateMonitor(logging_interval="epoch"), OperatingPointCallback()],
+    }
+
+
+def _checkpoint_dir(root: str | None) -> str:
+    return os.path.join(root or DEFAULT_ROOT, "checkpoints")
+
+
+class MedftLightningCLI(LightningCLI):
+    """LightningCLI with the links, checkpointing and loggers a medft run needs."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/auroc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch:02d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.link_arguments(
+            "trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir
+        )
+        parser.link_arguments("data.labels", "model.labels", apply_on="instantiate")
+        parser.link_arguments("data.task", "model.task", apply_on="instantiate")
+        parser.link_arguments("trainer.default_root_dir", "data.run_dir")
+
+    def before_instantiate_classes(self) -> None:
+        """Log to CSV and TensorBoard inside the run directory unless told otherwise."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.trainer.logger in (None, True):
+            root = config.trainer.default_root_dir or DEFAULT_ROOT
+            config.trainer.logger = [
+                Namespace(
+                    class_path="lightning.pytorch.loggers.CSVLogger",
+                    init_args=Namespace(save_dir=root, name="logs"),
+                ),
+                Namespace(
+                    class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                    init_args=Namespace(save_dir=root, name="tensorboard"),
+                ),
+            ]
+
+
+def run_lightning(
+    subcommand: str, argv: Sequence[str], *, run: bool = True, extra_defaults: dict | None = None
+) -> MedftLightningCLI:
+    """Run ``fit``/``validate``/``test``/``predict`` in-process with the given CLI arguments."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    defaults = trainer_defaults()
+    if extra_defaults:
+        defaults.update(extra_defaults)
+    args = [subcommand, *argv] if run else list(argv)
+    # medft passes its own argv explicitly; Lightning's "args and sys.argv" hint is noise here.
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within")
+    return MedftLightningCLI(
+        XrayClassifier,
+        XrayDataModule,
+        args=args,
+        run=run,
+        trainer_defaults=defaults,
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+    )
