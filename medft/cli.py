@@ -77,6 +77,19 @@ def _cmd_data_audit(args: argparse.Namespace) -> int:
     return 0  # findings are information, not failure
 
 
+def _cmd_data_import(args: argparse.Namespace) -> int:
+    from medft.data.importers import import_dataset
+
+    option_names = ("frontal_only", "blank_negative", "rule", "val_fraction", "seed", "missing",
+                    "images_out", "label_names", "patient_map")  # fmt: skip
+    given = {name: getattr(args, name) for name in option_names}
+    options = {
+        name: value for name, value in given.items() if value is not None and value is not False
+    }
+    print(import_dataset(args.format, args.root, args.out, **options).format())
+    return 0
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from medft.quickstart import run_quickstart
 
@@ -142,6 +155,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from medft.demo import run_demo, settings_from_args
 
     return run_demo(settings_from_args(args))
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from medft.bench import run_benchmarks
+
+    run_benchmarks(args.out, quick=args.quick, only=args.only, threads=args.threads)
+    return 0
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -217,6 +237,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="manifest column never used as a feature; repeatable")  # fmt: skip
     p.add_argument("--workers", type=int, default=None)
     p.set_defaults(handler=_cmd_data_audit)
+    p = data.add_parser("import", help="turn a public dataset's files into a manifest CSV")
+    p.add_argument("format", choices=["nih", "chexpert", "mimic", "rsna", "siim", "vindr",
+                                      "medmnist", "folder"])  # fmt: skip
+    p.add_argument("--root", required=True, type=Path, help="the dataset's folder (or .npz)")
+    p.add_argument("--out", required=True, type=Path, help="manifest CSV to write")
+    p.add_argument("--frontal-only", action="store_true", help="chexpert, mimic: PA/AP only")
+    p.add_argument("--blank-negative", action="store_true",
+                   help="chexpert, mimic: 'not mentioned' is 0, not unknown")  # fmt: skip
+    p.add_argument("--rule", choices=["majority", "any"], default=None, help="vindr readers")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="nih, chexpert: share of train moved to val, by patient")  # fmt: skip
+    p.add_argument("--seed", type=int, default=None, help="seed of that val carve")
+    p.add_argument("--missing", choices=["error", "skip"], default=None,
+                   help="listed images not on disk: fail (default) or leave out")  # fmt: skip
+    p.add_argument("--images-out", type=Path, default=None, help="medmnist: PNG folder")
+    p.add_argument("--label-names", nargs="+", default=None, help="medmnist: class names")
+    p.add_argument("--patient-map", type=Path, default=None, help="folder: path,patient_id CSV")
+    p.set_defaults(handler=_cmd_data_import)
 
     p = sub.add_parser(
         "quickstart", help="synthesise data, fine-tune and test on it, offline (a few minutes)"
@@ -317,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="review predictions and saliency maps in a browser (Gradio)")
     add_demo_arguments(p)
     p.set_defaults(handler=_cmd_demo)
+
+    p = sub.add_parser("bench", help="ratio benchmarks of medft against plain PyTorch")
+    p.add_argument("--out", required=True, type=Path, help="folder for bench.json")
+    p.add_argument("--quick", action="store_true", help="smoke run with tiny sizes (minutes)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="benchmarks to run (default: all)")
+    p.add_argument("--threads", type=int, help="torch threads (1 is steadier on a shared box)")
+    p.set_defaults(handler=_cmd_bench)
 
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"{name} with a YAML config (LightningCLI; see --help)")
