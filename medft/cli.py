@@ -175,6 +175,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         findings=args.findings,
         norm=args.norm,
         alpha=args.alpha,
+        target_layer=args.layer,
         check=args.check,
         check_max=args.check_max,
     )
@@ -343,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="display normalisation shared by the findings of an image",
     )  # fmt: skip
     p.add_argument("--alpha", type=float, default=0.4, help="overlay opacity at full colour")
+    p.add_argument("--layer", default="auto", help="CAM layer: auto, or a module name")
     p.add_argument(
         "--check", action="store_true",
         help="also run the randomisation check and deletion/insertion scores (checks.json)",
