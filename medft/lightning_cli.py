@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
@@ -18,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from medft.data.datamodule import XrayDataModule
+from medft.errors import ConfigError
 from medft.model.module import XrayClassifier
 
 DEFAULT_ROOT = "medft-runs/run"
@@ -52,13 +54,27 @@ class MedftLightningCLI(LightningCLI):
             {
                 "checkpoint.monitor": "val/auroc",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,
                 "checkpoint.filename": "best-{epoch:02d}",
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
         parser.link_arguments(
             "trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir
+        )
+        # last.ckpt comes from a second, unmonitored checkpoint: with a monitor,
+        # Lightning refreshes "last" only when the metric improves, so a resume from it
+        # would repeat epochs.
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults(
+            {
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.save_top_k": 0,
+                "last_checkpoint.save_last": True,
+            }
+        )
+        parser.link_arguments(
+            "trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=_checkpoint_dir
         )
         parser.link_arguments("data.labels", "model.labels", apply_on="instantiate")
         parser.link_arguments("data.task", "model.task", apply_on="instantiate")
@@ -67,8 +83,9 @@ class MedftLightningCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Log to CSV and TensorBoard inside the run directory unless told otherwise."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        root = config.trainer.default_root_dir or DEFAULT_ROOT
+        _check_writable(root)
         if config.trainer.logger in (None, True):
-            root = config.trainer.default_root_dir or DEFAULT_ROOT
             config.trainer.logger = [
                 Namespace(
                     class_path="lightning.pytorch.loggers.CSVLogger",
@@ -79,6 +96,21 @@ class MedftLightningCLI(LightningCLI):
                     init_args=Namespace(save_dir=root, name="tensorboard"),
                 ),
             ]
+
+
+def _check_writable(root: str) -> None:
+    """Fail before any decoding or training when the run folder cannot be written."""
+    probe = os.path.join(root, ".medft-write-test")
+    try:
+        os.makedirs(root, exist_ok=True)
+        with open(probe, "w", encoding="utf-8") as fh:
+            fh.write("ok")
+        os.remove(probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"trainer.default_root_dir: cannot write to {root} ({exc.strerror or exc}); "
+            "choose a writable folder with space for checkpoints and logs"
+        ) from None
 
 
 def run_lightning(
@@ -101,3 +133,19 @@ def run_lightning(
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
     )
+
+
+def best_checkpoint_path(trainer: Any) -> Path | None:
+    """The best checkpoint by the monitored metric (validation AUROC), if one was saved."""
+    for callback in trainer.checkpoint_callbacks:
+        if getattr(callback, "monitor", None) and callback.best_model_path:
+            return Path(callback.best_model_path)
+    return None
+
+
+def last_checkpoint_path(trainer: Any) -> Path | None:
+    """The most recent ``last.ckpt`` (refreshed every epoch, for resuming)."""
+    for callback in trainer.checkpoint_callbacks:
+        if getattr(callback, "last_model_path", ""):
+            return Path(callback.last_model_path)
+    return None

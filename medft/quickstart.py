@@ -16,7 +16,7 @@ from typing import Any
 
 from medft._io import write_json
 
-DEFAULT_PATIENTS = 300
+DEFAULT_PATIENTS = 400
 
 
 def recipe_path() -> Path:
@@ -42,7 +42,7 @@ def run_quickstart(
     init for the scratch comparison); the defaults are the documented recipe.
     """
     from medft.data.synth import synthesize
-    from medft.lightning_cli import run_lightning
+    from medft.lightning_cli import best_checkpoint_path, last_checkpoint_path, run_lightning
 
     out = Path(out)
     started = time.perf_counter()
@@ -73,9 +73,11 @@ def run_quickstart(
     say("[2/3] fine-tuning (patient-level split; head first, then the whole network)")
     cli = run_lightning("fit", args, run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    best = cli.trainer.checkpoint_callback.best_model_path or None
+    best = best_checkpoint_path(cli.trainer) or last_checkpoint_path(cli.trainer)
     say("[3/3] testing the best checkpoint on held-out patients")
-    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or "last")
+    results = cli.trainer.test(
+        cli.model, datamodule=cli.datamodule, ckpt_path=str(best) if best else None
+    )
     test = {k.removeprefix("test/"): float(v) for k, v in results[0].items()}
     hp = cli.model.hparams
     metrics = {

@@ -68,9 +68,15 @@ def tiny_fit_args(manifest: Path, run_dir: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint of a 2-epoch fit on the tiny dataset (best by validation AUROC)."""
-    from medft.lightning_cli import run_lightning
+    from medft.lightning_cli import last_checkpoint_path, run_lightning
 
     run_dir = tmp_path_factory.mktemp("tiny_run")
     cli = run_lightning("fit", tiny_fit_args(tiny_dataset, run_dir), run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    return Path(cli.trainer.checkpoint_callback.last_model_path)
+    return last_checkpoint_path(cli.trainer)
+
+
+@pytest.fixture(scope="session")
+def fit_args():
+    """The :func:`tiny_fit_args` builder, for tests that assemble their own fit."""
+    return tiny_fit_args

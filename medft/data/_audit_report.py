@@ -276,7 +276,10 @@ def _bars_png(report: AuditReport, rows: Sequence[FeatureResult]) -> bytes:
         for r in shown
     ]
     ax.barh(positions, values - 0.5, left=0.5, color=colours, height=0.65)
-    ax.errorbar(values, positions, xerr=[values - low, high - values], fmt="none",
+    # A percentile interval need not contain the point estimate; matplotlib refuses
+    # negative error lengths, so draw the part of the interval on each side of it.
+    below, above = np.clip(values - low, 0, None), np.clip(high - values, 0, None)
+    ax.errorbar(values, positions, xerr=[below, above], fmt="none",
                 ecolor="#2c3e50", capsize=2, linewidth=1)  # fmt: skip
     ax.axvline(0.5, color="#2c3e50", linewidth=0.8)
     ax.axvline(threshold, color="#c0392b", linestyle="--", linewidth=1)

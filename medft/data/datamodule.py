@@ -214,6 +214,8 @@ class XrayDataModule(L.LightningDataModule):
             to ``trainer.default_root_dir``); ``None`` writes nothing.
         allow_patient_overlap: Accept a split in which a patient is in two parts
             (warns instead of refusing).
+        audit: Run a quick shortcut audit (headers only, seconds) before fitting and
+            write it to ``<run_dir>/audit``; its warning travels into the checkpoint.
     """
 
     def __init__(
@@ -248,6 +250,7 @@ class XrayDataModule(L.LightningDataModule):
         predict_split: str = "test",
         run_dir: str | None = None,
         allow_patient_overlap: bool = False,
+        audit: bool = True,
     ) -> None:
         super().__init__()
         _choice("uncertain", uncertain, UNCERTAIN_POLICIES)
@@ -310,6 +313,9 @@ class XrayDataModule(L.LightningDataModule):
         self.predict_split = predict_split
         self.run_dir = Path(run_dir) if run_dir else None
         self.allow_patient_overlap = allow_patient_overlap
+        self.audit = audit
+        self.audit_warning: str | None = None
+        self._audited = False
 
         self.skipped: list[BadFile] = []
         """Files left out because they could not be read (path and reason; no patient data)."""
@@ -340,6 +346,8 @@ class XrayDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Resolve the split and decode the parts ``stage`` needs (once per process)."""
         self._get_split()
+        if stage == "fit" and self.audit and not self._audited:
+            self._run_quick_audit()
         if stage in _STAGE_PARTS:
             parts: Sequence[str] = _STAGE_PARTS[stage]
         elif stage == "predict":
@@ -347,6 +355,22 @@ class XrayDataModule(L.LightningDataModule):
         else:
             parts = _PARTS
         self._decode(parts)
+
+    def _run_quick_audit(self) -> None:
+        """A seconds-long shortcut audit of the manifest before training (headers only).
+
+        The report goes to ``<run_dir>/audit``; a warning is logged and kept in
+        ``audit_warning`` so the checkpoint, evaluate's report and the demo repeat it.
+        """
+        from medft.data.audit import audit_manifest
+
+        self._audited = True
+        report = audit_manifest(self._get_manifest(), labels=self.labels, quick=True)
+        if self.run_dir:
+            report.write(Path(self.run_dir) / "audit")
+        self.audit_warning = report.warning()
+        if self.audit_warning:
+            log.warning("shortcut audit: %s", self.audit_warning)
 
     def pos_weight(self) -> torch.Tensor:
         """Negatives / positives per label on the training part (unknown labels ignored).

@@ -295,7 +295,7 @@ def _run_fold(
     study: Mapping[str, Any], out: Path, fid: FoldId, *, resume: bool, say: Any
 ) -> dict[str, Any]:
     """Fit one fold, predict its held-out patients, write predictions, metrics and DONE."""
-    from medft.lightning_cli import run_lightning
+    from medft.lightning_cli import best_checkpoint_path, last_checkpoint_path, run_lightning
     from medft.model.checkpoint import load_classifier
 
     directory = fold_dir(out, fid, study["repeats"])
@@ -321,14 +321,13 @@ def _run_fold(
     what = f"resuming from {last.name}" if resume_from else "training"
     say(f"{fid.describe()}: {what} in {directory}")
     cli = run_lightning("fit", _fold_args(study, out, fid, directory), run=False)
-    callback = cli.trainer.checkpoint_callback
-    if callback is None:
+    if not cli.trainer.checkpoint_callbacks:
         raise ConfigError(
             "medft cv needs a ModelCheckpoint callback (save_last: true) to pick the best "
             "epoch and to resume; the config removed it"
         )
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume_from)
-    best = Path(callback.best_model_path) if callback.best_model_path else last
+    best = best_checkpoint_path(cli.trainer) or last_checkpoint_path(cli.trainer) or last
     if not best.is_file():
         raise ConfigError(f"{directory}: no checkpoint was saved; set save_last: true")
     datamodule = cli.datamodule

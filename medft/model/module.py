@@ -341,16 +341,25 @@ class XrayClassifier(L.LightningModule):
         for key in ("image_size", "fit_mode"):
             if datamodule is not None and hasattr(datamodule, key):
                 medft[key] = getattr(datamodule, key)
+        warning = getattr(datamodule, "audit_warning", None) if datamodule is not None else None
+        if warning:
+            medft["audit"] = {"warnings": [str(warning)]}
         if datamodule is not None and hasattr(datamodule, "split_summary"):
             # A summary is informative, never worth failing a save over.
             with contextlib.suppress(Exception):
                 medft["data_summary"] = datamodule.split_summary()
 
+        # Random state (dropout, stochastic depth) so a resumed run continues the same draws.
+        checkpoint["medft_rng"] = {"torch": torch.get_rng_state()}
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check that a resumed run uses the same freezing schedule it was saved with."""
+        """Restore the freezing schedule (checked against this config) and the RNG state."""
         saved = checkpoint.get("medft", {}).get("freeze_schedule")
         if saved is not None:
             self.schedule.load_state_dict(saved)
+        rng = checkpoint.get("medft_rng", {}).get("torch")
+        if isinstance(rng, torch.Tensor):
+            torch.set_rng_state(rng)
 
 
 def _reset_head(model: nn.Module) -> None:

@@ -1,0 +1,154 @@
+"""What the demo is started with: one settings object, shared by ``medft demo`` and demo/app.py.
+
+This module is deliberately light (standard library only) so the ``medft`` command can
+build its parser without importing torch or Gradio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from medft.errors import ConfigError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULT_MAX_FILE_MB = 64.0
+DEFAULT_MAX_PIXELS = 50_000_000  # the reader's default: about 7000 x 7000 samples
+DEFAULT_VIEW_SIZE = 1024
+AUTH_ENV = "MEDFT_DEMO_AUTH"
+QUICKSTART_DIR = Path("medft-quickstart")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """How to start the demo.
+
+    Attributes:
+        checkpoint: medft checkpoint to serve; ``None`` looks for the quickstart model.
+        host: interface to bind; 127.0.0.1 (this machine only) unless told otherwise.
+        port: TCP port; 0 picks a free one.
+        auth: ``(user, password)`` required to open the page, or ``None``.
+        max_file_mb: largest upload accepted, in MB (enforced by Gradio and again on read).
+        max_pixels: largest decoded frame, in samples (refused before decoding).
+        view_size: longest side of the images sent to the browser, in pixels.
+        metrics: a ``metrics.json`` written by ``medft evaluate``, shown on the model card.
+        examples: folder with ``labels.csv`` and DICOMs for the example cases; ``None``
+            uses the quickstart data or synthesises a few cases.
+        quickstart_dir: where ``medft quickstart`` wrote its output.
+        cache_mb: memory budget of the case cache (decoded images and maps).
+        concurrency: requests of one kind processed at once (the model itself runs one
+            request at a time; decoding and rendering overlap).
+        threads: torch intra-op threads (``None``: half the CPU cores, at least one).
+    """
+
+    checkpoint: Path | None = None
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    auth: tuple[str, str] | None = None
+    max_file_mb: float = DEFAULT_MAX_FILE_MB
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    view_size: int = DEFAULT_VIEW_SIZE
+    metrics: Path | None = None
+    examples: Path | None = None
+    quickstart_dir: Path = QUICKSTART_DIR
+    cache_mb: int = 512
+    concurrency: int = 2
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_file_mb <= 4096:
+            raise ConfigError(f"max_file_mb={self.max_file_mb} must lie in (0, 4096] MB")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port={self.port} is not a TCP port (0-65535)")
+        if self.max_pixels < 1 or self.view_size < 64 or self.cache_mb < 16:
+            raise ConfigError(
+                "max_pixels must be positive, view_size at least 64 and cache_mb at least 16"
+            )
+        if self.concurrency < 1 or (self.threads is not None and self.threads < 1):
+            raise ConfigError("concurrency and threads must be positive integers")
+
+    @property
+    def max_file_bytes(self) -> int:
+        """The upload limit in bytes."""
+        return int(self.max_file_mb * 1024 * 1024)
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """``"user:password"`` -> ``("user", "password")``; ``None``/empty -> ``None``."""
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ConfigError(
+            "--auth must look like USER:PASSWORD (both non-empty); or set "
+            f"{AUTH_ENV}=USER:PASSWORD to keep the password out of the process list"
+        )
+    return user, password
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the demo's options to ``parser`` (``medft demo`` and ``python demo/app.py``)."""
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="medft checkpoint (.ckpt); default: the quickstart model if there is one",
+    )
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0: all)",
+    )
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (0: any free)")
+    parser.add_argument(
+        "--auth",
+        default=None,
+        metavar="USER:PASS",
+        help=f"require this login (or set {AUTH_ENV}=USER:PASS in the environment)",
+    )
+    parser.add_argument(
+        "--max-file-mb",
+        type=float,
+        default=DEFAULT_MAX_FILE_MB,
+        help="largest upload accepted, in MB (default 64)",
+    )
+    parser.add_argument(
+        "--metrics",
+        type=Path,
+        default=None,
+        help="metrics.json from `medft evaluate`, shown with its CIs on the model card",
+    )
+    parser.add_argument(
+        "--examples",
+        type=Path,
+        default=None,
+        help="folder with labels.csv and DICOMs for the example cases",
+    )
+    parser.add_argument(
+        "--quickstart-dir",
+        type=Path,
+        default=QUICKSTART_DIR,
+        help="where `medft quickstart` wrote its output (default medft-quickstart)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: half the cores)"
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> DemoSettings:
+    """Build :class:`DemoSettings` from parsed arguments (auth may come from the environment)."""
+    auth = parse_auth(args.auth or os.environ.get(AUTH_ENV))
+    return DemoSettings(
+        checkpoint=args.checkpoint,
+        host=args.host,
+        port=args.port,
+        auth=auth,
+        max_file_mb=args.max_file_mb,
+        metrics=args.metrics,
+        examples=args.examples,
+        quickstart_dir=args.quickstart_dir,
+        threads=args.threads,
+    )

@@ -1,0 +1,548 @@
+"""Reliability and privacy tests (issue 9): survivable runs, atomic writes, determinism,
+the leakage guard, unwritable run folders and no patient data in anything medft writes.
+
+The figures these tests produce are recorded in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import torch
+
+from medft._io import atomic_open, atomic_path, write_json, write_text
+from medft.data.datamodule import XrayDataModule
+from medft.data.synth import synthesize
+from medft.errors import LeakageError
+from tests.conftest import ROOT, tiny_fit_args
+
+RESUME_TOLERANCE = 1e-6
+"""Largest absolute difference allowed between the weights of a resumed and an
+uninterrupted CPU run in deterministic mode (observed: exactly 0)."""
+
+
+def _fit_in_process(manifest: Path, run_dir: Path, *extra: str) -> Path:
+    """Run a tiny deterministic fit in this process; return its last checkpoint."""
+    from medft.lightning_cli import last_checkpoint_path, run_lightning
+
+    torch.set_num_threads(1)
+    args = tiny_fit_args(manifest, run_dir, "--trainer.deterministic", "true", *extra)
+    cli = run_lightning("fit", args, run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return last_checkpoint_path(cli.trainer)
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _max_weight_difference(a: Path, b: Path) -> float:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    return max(
+        float((wa[k].double() - wb[k].double()).abs().max()) if wa[k].numel() else 0.0 for k in wa
+    )
+
+
+# ------------------------------------------------------------------- atomic writes
+class _Killed(RuntimeError):
+    """Stands in for a writer that dies half-way."""
+
+
+@pytest.mark.parametrize("helper", ["atomic_open", "atomic_path"])
+def test_a_writer_dying_half_way_leaves_the_old_file_and_no_temporaries(
+    tmp_path: Path, helper: str
+) -> None:
+    target = tmp_path / "metrics.json"
+    write_json(target, {"auroc": 0.9})
+    before = target.read_bytes()
+    with pytest.raises(_Killed):
+        if helper == "atomic_open":
+            with atomic_open(target, "w", encoding="utf-8") as fh:
+                fh.write('{"auroc": 0.1, "half')
+                fh.flush()
+                raise _Killed
+        else:
+            with atomic_path(target) as tmp:
+                tmp.write_bytes(b"half-written")
+                raise _Killed
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_a_killed_writer_process_never_leaves_a_half_written_target(tmp_path: Path) -> None:
+    """SIGKILL a process in the middle of a large atomic write: the target is old or whole."""
+    target = tmp_path / "predictions.csv"
+    write_text(target, "old\n")
+    script = (
+        "import sys, time\n"
+        "from medft._io import atomic_open\n"
+        f"with atomic_open({str(target)!r}, 'w') as fh:\n"
+        "    fh.write('x' * 1_000_000); fh.flush()\n"
+        "    print('writing', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert target.read_text() == "old\n"
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != target.name]
+    # A SIGKILL cannot run cleanup: the temporary stays, but it is hidden and never the target.
+    assert all(name.startswith(".predictions.csv.") and name.endswith(".tmp") for name in leftovers)
+
+
+def test_atomic_open_refuses_modes_that_would_read_or_append(tmp_path: Path) -> None:
+    for mode in ("r", "a", "ab"):
+        with pytest.raises(ValueError, match="whole files"), atomic_open(tmp_path / "x", mode):
+            pass
+    assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------- determinism
+def _datamodule(manifest: Path, run_dir: Path | None = None, **kwargs: object) -> XrayDataModule:
+    return XrayDataModule(
+        str(manifest),
+        image_size=32,
+        batch_size=8,
+        num_workers=0,
+        cache="none",
+        augment=False,
+        run_dir=None if run_dir is None else str(run_dir),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_same_seed_gives_the_same_splits_file_and_data_order(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    orders, splits = [], []
+    for name in ("a", "b"):
+        dm = _datamodule(tiny_dataset, tmp_path / name, split_seed=3)
+        dm._get_split()
+        splits.append((tmp_path / name / "splits.csv").read_bytes())
+        sampler = dm.train_dataloader().sampler
+        orders.append([list(sampler), list(sampler)])  # two epochs
+    assert splits[0] == splits[1]
+    assert orders[0] == orders[1]
+    assert orders[0][0] != orders[0][1], "each epoch should get its own order"
+
+    other = _datamodule(tiny_dataset, tmp_path / "c", split_seed=4)
+    other._get_split()
+    assert (tmp_path / "c" / "splits.csv").read_bytes() != splits[0]
+
+
+@pytest.mark.slow
+def test_two_deterministic_fits_give_identical_weights(tiny_dataset: Path, tmp_path: Path) -> None:
+    first = _fit_in_process(tiny_dataset, tmp_path / "one")
+    second = _fit_in_process(tiny_dataset, tmp_path / "two")
+    assert _max_weight_difference(first, second) == 0.0
+    metrics = [pd.read_csv(next((tmp_path / r).glob("logs/*/metrics.csv"))) for r in ("one", "two")]
+    pd.testing.assert_frame_equal(metrics[0], metrics[1])
+
+
+# ------------------------------------------------------------------- kill -9 and resume
+# "epoch_end": last.ckpt after every validation ("_no_random_ops": without dropout and
+# augmentation); "mid_epoch": every 2 optimizer steps, so the kill lands inside an epoch.
+# The monitor is switched off because with Lightning 2.6 a monitored ModelCheckpoint only
+# refreshes last.ckpt when the monitored metric improves.
+_NO_MONITOR = ("--checkpoint.monitor", "null")
+CHECKPOINTING = {
+    "epoch_end": _NO_MONITOR,
+    "epoch_end_no_random_ops": (
+        *_NO_MONITOR,
+        "--model.drop_rate",
+        "0",
+        "--data.augment",
+        "false",
+    ),
+    "mid_epoch": (*_NO_MONITOR, "--checkpoint.every_n_train_steps", "2"),
+}
+
+
+def _fit_command(manifest: Path, run_dir: Path, *extra: str) -> list[str]:
+    args = tiny_fit_args(
+        manifest,
+        run_dir,
+        "--trainer.deterministic",
+        "true",
+        "--trainer.max_epochs",
+        "3",
+        "--model.unfreeze_epoch",
+        "1",
+        *extra,
+    )
+    return [sys.executable, "-m", "medft.cli", "fit", *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def _checkpoint_progress(path: Path) -> tuple[int, int] | None:
+    """(epoch, global_step) of a checkpoint, or None while it is missing or being written."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a checkpoint being written is unreadable for a moment
+        return None
+    return int(ckpt["epoch"]), int(ckpt["global_step"])
+
+
+def _kill_when(proc: subprocess.Popen[bytes], last: Path, min_step: int) -> tuple[int, int] | None:
+    """SIGKILL ``proc`` as soon as ``last`` holds ``min_step`` steps; return its progress."""
+    killed_at = None
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            progress = _checkpoint_progress(last) if last.exists() else None
+            if progress is not None and progress[1] >= min_step:
+                killed_at = progress
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return killed_at
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "checkpointing",
+    [
+        "epoch_end_no_random_ops",
+        pytest.param(
+            "epoch_end",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="dropout and augmentation draw on random state that the checkpoint "
+                "does not hold (observed max |weight difference| 0.04; 0.10 without dropout)",
+            ),
+        ),
+        pytest.param(
+            "mid_epoch",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="EpochSampler is not resumable (no state_dict): Lightning refills a "
+                "half-done epoch from the start of its order, so the step count matches "
+                "but the data seen, hence the weights, do not",
+            ),
+        ),
+    ],
+)
+def test_kill_9_during_fit_then_resume_matches_an_uninterrupted_run(
+    tiny_dataset: Path, tmp_path: Path, checkpointing: str
+) -> None:
+    extra = CHECKPOINTING[checkpointing]
+    reference = tmp_path / "reference"
+    subprocess.run(
+        _fit_command(tiny_dataset, reference, *extra),
+        cwd=ROOT,
+        env=_env(),
+        check=True,
+        timeout=600,
+    )
+    ref_last = reference / "checkpoints" / "last.ckpt"
+    ref_progress = _checkpoint_progress(ref_last)
+
+    killed = tmp_path / "killed"
+    last = killed / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(
+        _fit_command(tiny_dataset, killed, *extra),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    killed_at = _kill_when(proc, last, min_step=4 if checkpointing == "mid_epoch" else 3)
+    assert killed_at is not None, "the run ended before it could be killed"
+    assert proc.returncode == -signal.SIGKILL
+    assert ref_progress is not None and killed_at[1] < ref_progress[1]
+
+    subprocess.run(
+        _fit_command(tiny_dataset, killed, *extra, "--ckpt_path", str(last)),
+        cwd=ROOT,
+        env=_env(),
+        check=True,
+        timeout=600,
+    )
+    progress = _checkpoint_progress(last)
+    difference = _max_weight_difference(ref_last, last)
+    print(
+        f"[{checkpointing}] killed at (epoch, step)={killed_at}; reference ends at "
+        f"{ref_progress}; resumed ends at {progress}; max |weight difference| = {difference:.3g}"
+    )
+    assert progress == ref_progress
+    assert difference <= RESUME_TOLERANCE
+
+
+# ------------------------------------------------------------------- leakage guard
+def _leaky_split(manifest: Path, tmp_path: Path) -> tuple[Path, Path, str]:
+    """A manifest and split file in which one test patient also has an image in train.
+
+    The tiny dataset has one image per patient, so a training image is re-assigned to a
+    test patient's ID (and its salted key updated in the split file to match).
+    """
+    dm = _datamodule(manifest, tmp_path / "first")
+    dm._get_split()
+    split = pd.read_csv(tmp_path / "first" / "splits.csv", dtype=str, keep_default_na=False)
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    table["path"] = [str((manifest.parent / p).resolve()) for p in table["path"]]
+    test_row = int(np.flatnonzero(split["split"] == "test")[0])
+    train_row = int(np.flatnonzero(split["split"] == "train")[0])
+    patient = table.loc[test_row, "patient_id"]
+    table.loc[train_row, "patient_id"] = patient
+    split.loc[train_row, "patient_key"] = split.loc[test_row, "patient_key"]
+    split["path"] = table["path"]
+    leaky_manifest = tmp_path / "leaky_labels.csv"
+    leaky_split = tmp_path / "leaky_splits.csv"
+    table.to_csv(leaky_manifest, index=False)
+    split.to_csv(leaky_split, index=False)
+    return leaky_manifest, leaky_split, split.loc[test_row, "patient_key"]
+
+
+def test_a_split_sharing_a_patient_is_refused_by_salted_key(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    manifest, leaky, key = _leaky_split(tiny_dataset, tmp_path)
+    raw_ids = set(pd.read_csv(manifest, dtype=str)["patient_id"])
+    with pytest.raises(LeakageError) as caught:
+        _datamodule(manifest, split_file=str(leaky))._get_split()
+    message = str(caught.value)
+    assert key in message
+    assert not [pid for pid in raw_ids if pid in message], "the refusal names a raw patient ID"
+
+    with pytest.warns(UserWarning, match=key):
+        split = _datamodule(manifest, split_file=str(leaky), allow_patient_overlap=True)
+        parts = split._get_split()
+    assert {"train", "val", "test"} <= set(parts)
+
+
+# ------------------------------------------------------------------- unwritable run folder
+def _blocked_fit(manifest: Path, run_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "medft.cli", "fit", *tiny_fit_args(manifest, run_dir)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _assert_clear_early_failure(result: subprocess.CompletedProcess[str], run_dir: Path) -> None:
+    """The run stopped before its first epoch; xfail (known bug) while the error is a traceback."""
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Epoch 0" not in output and "stepping batches" not in output, output[-3000:]
+    assert not list(run_dir.parent.rglob("*.ckpt"))
+    if "Traceback" in result.stderr:
+        last_line = result.stderr.strip().splitlines()[-1]
+        pytest.xfail(f"fails early, but with a raw traceback instead of a MedftError: {last_line}")
+    assert str(run_dir) in result.stderr
+
+
+@pytest.mark.slow
+def test_fit_into_an_unwritable_run_folder_fails_before_training(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """A run folder that cannot be created (a file stands in its way) stops the run early."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder\n")
+    _assert_clear_early_failure(_blocked_fit(tiny_dataset, blocker / "run"), blocker / "run")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores modes")
+def test_fit_into_a_read_only_run_folder_fails_before_training(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "readonly"
+    run_dir.mkdir()
+    run_dir.chmod(0o555)
+    try:
+        result = _blocked_fit(tiny_dataset, run_dir)
+    finally:
+        run_dir.chmod(0o755)
+    _assert_clear_early_failure(result, run_dir)
+
+
+# ------------------------------------------------------------------- no patient data leaks
+def _opaque_copy(synth_root: Path, out: Path) -> Path:
+    """Copy a synthetic dataset to paths that carry no patient ID; return its manifest.
+
+    medft cannot un-name a folder the user called ``images/<PatientID>/``: files that
+    list image paths (splits.csv, predictions.csv) repeat it. The leak test therefore
+    uses opaque paths, so that any patient ID found in an output came from medft itself.
+    """
+    table = pd.read_csv(synth_root / "labels.csv", dtype=str, keep_default_na=False)
+    (out / "img").mkdir(parents=True)
+    for i, rel in enumerate(table["path"]):
+        shutil.copyfile(synth_root / rel, out / "img" / f"{i:04d}.dcm")
+        table.loc[i, "path"] = f"img/{i:04d}.dcm"
+    table.to_csv(out / "labels.csv", index=False)
+    return out / "labels.csv"
+
+
+def _markers(dicom_files: list[Path]) -> dict[str, re.Pattern[bytes]]:
+    """Identifying values in the headers, as byte patterns (dates also as YYYY-MM-DD)."""
+    found: dict[str, re.Pattern[bytes]] = {}
+    for path in dicom_files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for keyword in (
+            "PatientName",
+            "PatientID",
+            "AccessionNumber",
+            "InstitutionName",
+            "ReferringPhysicianName",
+        ):
+            value = str(ds.get(keyword, "")).strip()
+            if value:
+                found[value] = re.compile(re.escape(value.encode()))
+        for keyword in ("PatientBirthDate", "StudyDate"):
+            value = str(ds.get(keyword, "")).strip()
+            if len(value) == 8:
+                dashed = f"{value[:4]}-{value[4:6]}-{value[6:]}"
+                pattern = rb"(?<![0-9])(?:%s|%s)(?![0-9])" % (value.encode(), dashed.encode())
+                found[f"{keyword}={value}"] = re.compile(pattern)
+    return found
+
+
+def _scan(folders: list[Path], markers: dict[str, re.Pattern[bytes]]) -> tuple[int, list[str]]:
+    """Grep every file under ``folders``; return (files scanned, 'file: marker' hits)."""
+    scanned, hits = 0, []
+    for folder in folders:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            scanned += 1
+            hits += [f"{path}: {name}" for name, pattern in markers.items() if pattern.search(data)]
+    return scanned, hits
+
+
+@pytest.mark.slow
+def test_no_patient_data_in_any_file_medft_writes(tmp_path: Path) -> None:
+    synth = synthesize(tmp_path / "synth", 24, size=64, seed=5, patient_info=True)
+    manifest = _opaque_copy(synth.root, tmp_path / "data")
+    dicoms = sorted((tmp_path / "data" / "img").glob("*.dcm"))
+    markers = _markers(dicoms)
+    assert any(name.startswith("PatientBirthDate=") for name in markers)
+    assert "Synthetic General Hospital" in markers
+
+    run_dir = tmp_path / "run"
+    cache_dir = tmp_path / "cache"
+    checkpoint = _fit_in_process(
+        manifest,
+        run_dir,
+        "--data.cache",
+        "disk",
+        "--data.cache_dir",
+        str(cache_dir),
+        "--trainer.max_epochs",
+        "1",
+    )
+    outputs = [run_dir, cache_dir]
+
+    from medft.eval.evaluate import evaluate
+
+    evaluate(checkpoint, manifest, tmp_path / "eval", n_boot=20)
+    outputs.append(tmp_path / "eval")
+
+    from medft.explain.batch import explain_inputs
+
+    explain_inputs(checkpoint, dicoms[0].parent, tmp_path / "explain")
+    outputs.append(tmp_path / "explain")
+
+    scanned, hits = _scan(outputs, markers)
+    print(f"scanned {scanned} files for {len(markers)} markers: {len(hits)} hit(s)")
+    assert scanned > 10
+    assert not hits, "\n".join(hits)
+
+
+# ------------------------------------------------------------------- fuzzed DICOM reader
+# tests/data/test_dicom.py already flips and truncates bytes of one in-memory file with a
+# fixed numpy stream; this property-based test adds splicing of two real files and lets
+# hypothesis shrink any failure to a minimal mutation.
+_FUZZ_SEEDS = (
+    "dicom/cr_mono1_u16s12_explvr_rescale_16x16.dcm",
+    "dicom/mr_mono2_s16_rle.dcm",
+    "dicom/ct_mono2_s16_implvr_32x32.dcm",
+)
+_MAX_SEED_BYTES = 64_000
+FUZZ_EXAMPLES = int(os.environ.get("MEDFT_FUZZ_EXAMPLES", "200"))
+"""Cases per run of the property below; set ``MEDFT_FUZZ_EXAMPLES`` for a longer run."""
+
+
+def _fuzz_seed_files() -> list[bytes]:
+    corpus = ROOT.parent / "shared" / "data"
+    picked = [corpus / name for name in _FUZZ_SEEDS if (corpus / name).is_file()]
+    if len(picked) < 2 and (corpus / "dicom").is_dir():
+        picked = sorted(
+            (p for p in (corpus / "dicom").glob("*.dcm") if p.stat().st_size <= _MAX_SEED_BYTES),
+            key=lambda p: p.name,
+        )[:3]
+    return [p.read_bytes() for p in picked if p.stat().st_size <= _MAX_SEED_BYTES]
+
+
+_SEED_BYTES = _fuzz_seed_files()
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover - hypothesis is a dev dependency
+    given = None
+
+
+if given is not None and len(_SEED_BYTES) >= 2:
+
+    @st.composite
+    def _damaged_dicom(draw: st.DrawFn) -> bytes:
+        first = draw(st.sampled_from(_SEED_BYTES))
+        kind = draw(st.sampled_from(["truncate", "mutate", "splice"]))
+        if kind == "truncate":
+            return first[: draw(st.integers(0, len(first) - 1))]
+        if kind == "splice":
+            second = draw(st.sampled_from(_SEED_BYTES))
+            cut_a = draw(st.integers(0, len(first)))
+            cut_b = draw(st.integers(0, len(second)))
+            return first[:cut_a] + second[cut_b:]
+        data = bytearray(first)
+        edits = draw(
+            st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(0, 255)), max_size=8)
+        )
+        for position, value in edits:
+            data[position] = value
+        return bytes(data)
+
+    @pytest.mark.filterwarnings("ignore")
+    @settings(
+        max_examples=FUZZ_EXAMPLES,
+        deadline=10_000,  # per case: no hang, even on a loaded CI machine
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        database=None,
+    )
+    @given(_damaged_dicom())
+    def test_damaged_real_files_give_an_image_or_a_medft_error(data: bytes) -> None:
+        from medft.data.dicom import read_xray
+        from medft.errors import MedftError
+
+        try:
+            image, _ = read_xray(data)
+        except MedftError:
+            return
+        assert image.dtype == np.float32 and np.isfinite(image).all()
+        assert image.min() >= 0.0 and image.max() <= 1.0
