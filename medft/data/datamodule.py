@@ -63,7 +63,7 @@ from medft.data.transforms import (
     build_transforms,
     prefix_config,
 )
-from medft.errors import ConfigError, DicomReadError
+from medft.errors import MedftError, ConfigError, DicomReadError
 
 __all__ = [
     "BAD_FILE_POLICIES",
@@ -365,7 +365,11 @@ class XrayDataModule(L.LightningDataModule):
         from medft.data.audit import audit_manifest
 
         self._audited = True
-        report = audit_manifest(self._get_manifest(), labels=self.labels, quick=True)
+        try:
+            report = audit_manifest(self._get_manifest(), labels=self.labels, quick=True)
+        except MedftError as exc:  # the bad-file policy below reports unreadable files
+            log.warning("shortcut audit skipped: %s", exc)
+            return
         if self.run_dir:
             report.write(Path(self.run_dir) / "audit")
         self.audit_warning = report.warning()

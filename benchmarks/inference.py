@@ -1,0 +1,101 @@
+"""Inference: medft's prediction path against the plain model forward (issue 8, #5).
+
+- ``inference/predict``: what ``predict_step`` does per batch — display-space grey
+  images in, :meth:`XrayClassifier.forward` (normalise, grey to RGB, channels-last as
+  configured) and probabilities out — against a plain timm forward of an already
+  normalised 3-channel NCHW tensor under ``inference_mode``. Target >= 0.9.
+- ``inference/channels_last``: the plain model in channels-last vs contiguous NCHW.
+- ``inference/bf16_autocast``: the plain model under CPU bf16 autocast vs float32.
+
+The last two are information rows (no target): they show which option pays on this CPU.
+``torch.compile`` is not measured here (its compile time on a 2-core box exceeds the
+quick budget); see docs/benchmarks.md.
+
+    python benchmarks/inference.py [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import timm
+import torch
+
+from medft.bench import (
+    BenchResult,
+    Target,
+    format_table,
+    rate_result,
+    time_interleaved,
+    write_results,
+)
+from medft.model.module import XrayClassifier
+
+QUICK = {"backbone": "test_efficientnet", "size": 64, "batch": 8, "repeats": 5}
+FULL = {"backbone": "tf_efficientnet_lite0", "size": 224, "batch": 16, "repeats": 5}
+
+
+def run(quick: bool) -> list[BenchResult]:
+    cfg = QUICK if quick else FULL
+    name, size, batch, repeats = cfg["backbone"], cfg["size"], cfg["batch"], cfg["repeats"]
+    module = XrayClassifier(backbone=name, pretrained=False).eval()
+    plain = timm.create_model(name, pretrained=False, num_classes=1).eval()
+    plain_cl = timm.create_model(name, pretrained=False, num_classes=1).eval()
+    plain_cl = plain_cl.to(memory_format=torch.channels_last)
+    grey = torch.rand(batch, 1, size, size)
+    with torch.no_grad():
+        normalised = module.normalize(grey).contiguous()  # plain NCHW, ready for the model
+    normalised_cl = normalised.contiguous(memory_format=torch.channels_last)
+
+    def medft_predict() -> object:
+        with torch.inference_mode():
+            return module.probabilities(module(grey).float())
+
+    def plain_forward() -> object:
+        with torch.inference_mode():
+            return plain(normalised)
+
+    def plain_channels_last() -> object:
+        with torch.inference_mode():
+            return plain_cl(normalised_cl)
+
+    def plain_bf16() -> object:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return plain(normalised)
+
+    t = time_interleaved(
+        {
+            "medft": medft_predict,
+            "plain": plain_forward,
+            "channels_last": plain_channels_last,
+            "bf16": plain_bf16,
+        },
+        repeats=repeats,
+    )
+    note = f"{name} {size}px batch {batch}"
+    return [
+        rate_result("inference/predict", t["medft"], t["plain"], items=batch,
+                    target=Target(0.90), note=note + "; medft channels_last="
+                    f"{module.hparams.channels_last}"),
+        rate_result("inference/channels_last", t["channels_last"], t["plain"], items=batch,
+                    note=note + "; plain model, NHWC vs NCHW"),
+        rate_result("inference/bf16_autocast", t["bf16"], t["plain"], items=batch,
+                    note=note + "; plain model, CPU bf16 autocast vs float32"),
+    ]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model and images")
+    parser.add_argument("--out", type=Path, help="folder for bench.json")
+    args = parser.parse_args(argv)
+    results = run(args.quick)
+    print(format_table(results))
+    if args.out is not None:
+        write_results(args.out, results, quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
