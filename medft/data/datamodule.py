@@ -63,7 +63,7 @@ from medft.data.transforms import (
     build_transforms,
     prefix_config,
 )
-from medft.errors import MedftError, ConfigError, DicomReadError
+from medft.errors import ConfigError, DicomReadError, MedftError
 
 __all__ = [
     "BAD_FILE_POLICIES",
