@@ -189,7 +189,7 @@ def sample_finding(rng: np.random.Generator, kind: str, anatomy: Anatomy) -> Fin
     """Draw one finding of ``kind`` placed inside a lung field.
 
     Difficulty is spread on purpose: nodules are log-uniform in radius (about 5–12 px at
-    256 px) and in contrast (0.08–0.3 density, against noise of 0.006–0.02 and ribs of
+    256 px) and in contrast (0.1–0.3 density, against noise of 0.006–0.02 and ribs of
     0.05–0.1), so the smallest, faintest ones are hard to see while most are learnable
     from a few hundred images (the quickstart's budget). Smaller, fainter ranges made
     even an ImageNet-pretrained model stay near chance at that data size.
@@ -197,7 +197,7 @@ def sample_finding(rng: np.random.Generator, kind: str, anatomy: Anatomy) -> Fin
     if kind == "nodule":
         radius = _log_uniform(rng, 0.045, 0.11)
         side, a, b = _point_in_lung(rng, anatomy, margin=radius)
-        return Finding(kind, side, a, b, radius, _log_uniform(rng, 0.08, 0.3))
+        return Finding(kind, side, a, b, radius, _log_uniform(rng, 0.1, 0.3))
     if kind == "opacity":
         radius = float(rng.uniform(0.07, 0.17))
         side, a, b = _point_in_lung(rng, anatomy, margin=0.5 * radius)
@@ -213,14 +213,14 @@ def sample_finding(rng: np.random.Generator, kind: str, anatomy: Anatomy) -> Fin
         side = PATIENT_RIGHT if rng.random() < 0.5 else PATIENT_LEFT
         # Level at the lung's centre line, relative to the dome top: positive = below it, so
         # only the lateral costophrenic recess fills (a blunted angle, the subtle case).
-        depth = float(rng.uniform(-0.3, 0.1))
+        depth = float(rng.uniform(-0.35, 0.0))
         return Finding(
             kind,
             side,
             side * anatomy.lung_offset,
             anatomy.dome_top(side) + depth,
             radius=0.0,
-            contrast=float(rng.uniform(0.45, 1.0)),
+            contrast=float(rng.uniform(0.6, 1.0)),
             tilt=float(rng.uniform(0.04, 0.14)),
         )
     raise ValueError(f"unknown finding kind {kind!r}; expected one of {FINDING_KINDS}")
