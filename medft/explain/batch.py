@@ -1,0 +1,563 @@
+"""``medft explain``: saliency maps for a trained checkpoint over a file or a folder of images.
+
+:func:`explain_inputs` reads every input (DICOM, PNG or JPEG, chosen by content), runs the
+checkpoint's model on it the way ``medft predict`` does (its ``image_size`` and ``fit_mode``,
+8-bit display values like the training cache), and writes, per input:
+
+- ``overlays/<id>_<finding>.png``: the map coloured over the radiograph at its ORIGINAL size;
+- ``maps/<id>_<finding>.npy``: the raw map, un-normalised, on the original pixel grid;
+- ``grids/<id>_grid.png``: the image plus one panel per finding with its probability, the
+  positive/negative call at the checkpoint's stored threshold, and the method;
+
+and one ``index.csv`` for the run. ``<id>`` is a running number plus a short hash of the
+input path (``0003_ab12cd``), so no file name carries a patient name or a DICOM UID; the
+index maps ids back to paths. Unreadable inputs get a row with the reason and do not stop
+the run. With ``check=True`` the two trust checks of :mod:`medft.explain.checks` run on the
+first ``check_max`` readable inputs and their summary goes to ``checks.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medft._io import atomic_open, write_json
+from medft.data._dicom_source import DICOM, DICOM_BARE, sniff
+from medft.data.dicom import load_image
+from medft.errors import ConfigError, MedftError
+from medft.explain.checks import deletion_score, randomisation_check
+from medft.explain.overlay import DisplayNorm, render_overlay
+from medft.explain.saliency import METHODS, Preprocess, SaliencyResult, default_preprocess, explain
+from medft.model.checkpoint import LoadedClassifier, load_classifier
+
+__all__ = [
+    "INDEX_COLUMNS",
+    "INPUT_SUFFIXES",
+    "NORM_MODES",
+    "checkpoint_preprocess",
+    "collect_inputs",
+    "explain_inputs",
+    "format_summary",
+    "output_id",
+]
+
+#: File suffixes (case-insensitive) collected from a folder; files without a suffix are
+#: collected when their content is DICOM.
+INPUT_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
+NORM_MODES = ("probability", "percentile")
+INDEX_COLUMNS = (
+    "id",
+    "input",
+    "status",
+    "error",
+    "finding",
+    "probability",
+    "threshold",
+    "call",
+    "method",
+    "layer",
+    "overlay",
+    "raw_map",
+    "raw_map_content",
+    "grid",
+    "original_height",
+    "original_width",
+    "display_norm",
+)
+
+
+def explain_inputs(
+    checkpoint: str | Path,
+    inputs: str | Path,
+    out: str | Path,
+    *,
+    method: str = "gradcam",
+    findings: Sequence[str] | None = None,
+    norm: str = "probability",
+    alpha: float = 0.4,
+    target_layer: str = "auto",
+    check: bool = False,
+    check_max: int = 20,
+) -> pd.DataFrame:
+    """Explain every image under ``inputs`` with the model in ``checkpoint``; write to ``out``.
+
+    Args:
+        checkpoint: a medft checkpoint (loaded safely, see :func:`load_classifier`).
+        inputs: one image file, or a folder searched recursively for ``*.dcm``, ``*.png``,
+            ``*.jpg`` (and ``.dicom``, ``.jpeg``) and suffix-less files whose content is DICOM.
+        out: output folder (created); files of an earlier run with the same ids are replaced.
+        method: ``gradcam``, ``gradcam++``, ``hirescam`` or ``occlusion``.
+        findings: which of the model's findings to explain (default: every finding).
+        norm: display normalisation shared by the findings of one image: ``probability``
+            (peak = probability) or ``percentile`` (one scale, the 99th percentile).
+        alpha: opacity of full colour in the overlays, in [0, 1].
+        target_layer: CAM layer: ``"auto"`` (the last feature stage) or a module name
+            relative to the checkpoint's model (e.g. ``model.layer3`` for a finer map);
+            ignored by occlusion.
+        check: also run the randomisation check and the deletion/insertion score
+            (written to ``checks.json``; summary in ``index.attrs["checks"]``).
+        check_max: how many readable inputs the checks use (the first ones in order).
+
+    Returns:
+        The index (also ``out/index.csv``, columns :data:`INDEX_COLUMNS`): one row per input
+        and finding, or one row with ``status == "error"`` and the reason per unreadable
+        input. Output paths are relative to ``out``.
+    """
+    _check_options(method, norm, alpha, check_max)
+    loaded = load_classifier(checkpoint)
+    wanted = _requested_findings(loaded, findings)
+    out = Path(out)
+    paths = collect_inputs(inputs, exclude=out)
+    preprocess = checkpoint_preprocess(loaded)
+    writer = _OutputWriter(out, loaded, norm=norm, alpha=alpha)
+    options = {"method": method, "multilabel": _multilabel(loaded)}
+    if method != "occlusion":
+        options["target_layer"] = target_layer
+    checks = _CheckRun(loaded, options, check_max) if check else None
+
+    rows: list[dict[str, Any]] = []
+    width = max(4, len(str(len(paths) - 1)))
+    for number, path in enumerate(paths):
+        name = output_id(number, path, width=width)
+        try:
+            image, _meta = load_image(path)
+            prepared = preprocess(image)
+        except MedftError as exc:
+            rows.append(_error_row(name, path, exc))
+            continue
+        results = explain(loaded.model, prepared, labels=loaded.labels, findings=wanted, **options)
+        rows += writer.write(name, path, image, results)
+        if checks is not None and checks.wants_more():
+            checks.add(name, prepared, results)
+
+    index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+    for column in ("original_height", "original_width"):
+        index[column] = index[column].astype("Int64")  # blank, not NaN, for unreadable inputs
+    with atomic_open(out / "index.csv", "w", newline="", encoding="utf-8") as fh:
+        index.to_csv(fh, index=False)
+    if checks is not None:
+        index.attrs["checks"] = checks.finish(out / "checks.json")
+    return index
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def collect_inputs(inputs: str | Path, *, exclude: str | Path | None = None) -> list[Path]:
+    """The image files to explain, in a stable (sorted) order.
+
+    A file is taken as it is (its content decides how it is read). A folder is searched
+    recursively for :data:`INPUT_SUFFIXES` and for suffix-less files whose first bytes are
+    DICOM; hidden files and folders, and anything under ``exclude`` (the output folder, so a
+    re-run never explains its own overlays), are skipped.
+    """
+    root = Path(inputs)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise ConfigError(f"--input {root}: no such file or folder")
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found = []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        if skip is not None and path.resolve().is_relative_to(skip):
+            continue
+        suffix = path.suffix.lower()
+        if suffix in INPUT_SUFFIXES or (not suffix and _is_dicom(path)):
+            found.append(path)
+    if not found:
+        raise ConfigError(
+            f"--input {root}: no images found (looked for {', '.join(INPUT_SUFFIXES)} and "
+            "suffix-less DICOM files, recursively)"
+        )
+    return found
+
+
+def _is_dicom(path: Path) -> bool:
+    """Whether a file's first bytes are DICOM (Part 10 or a bare data set)."""
+    try:
+        with path.open("rb") as fh:
+            return sniff(fh.read(132)) in (DICOM, DICOM_BARE)
+    except OSError:
+        return False
+
+
+def output_id(number: int, path: str | Path, *, width: int = 4) -> str:
+    """``<number>_<hash>``: a name for one input's outputs that reveals nothing about it.
+
+    Input file names often hold patient names, IDs or DICOM UIDs; the running number keeps
+    the outputs in input order and six hex digits of the path's SHA-256 tell runs over
+    different folders apart. ``index.csv`` maps each id to its input path.
+    """
+    digest = hashlib.sha256(str(Path(path).absolute()).encode("utf-8")).hexdigest()[:6]
+    return f"{number:0{width}d}_{digest}"
+
+
+# --------------------------------------------------------------------------- model side
+
+
+def checkpoint_preprocess(loaded: LoadedClassifier) -> Preprocess:
+    """Display image → model input the way the checkpoint's model saw its data.
+
+    :func:`~medft.explain.saliency.default_preprocess` at the checkpoint's ``image_size``
+    and ``fit_mode``, then rounded to 8-bit display values as the training cache and
+    ``medft predict`` do, so the probabilities here match theirs.
+    """
+    fit = default_preprocess(
+        loaded.model,
+        mode=loaded.fit_mode,  # type: ignore[arg-type]
+        size=loaded.image_size,
+    )
+
+    def quantised(image: np.ndarray) -> tuple[torch.Tensor, Any]:
+        # medft's XrayClassifier takes display-space [0, 1] input and normalises inside.
+        tensor, geometry = fit(image)
+        return torch.round(tensor * 255.0) / 255.0, geometry
+
+    return quantised
+
+
+def _multilabel(loaded: LoadedClassifier) -> bool:
+    return loaded.task != "multiclass"
+
+
+def _requested_findings(loaded: LoadedClassifier, findings: Sequence[str] | None) -> list[str]:
+    wanted = list(findings) if findings else list(loaded.labels)
+    unknown = [name for name in wanted if name not in loaded.labels]
+    if unknown:
+        raise ConfigError(
+            f"--findings {' '.join(unknown)}: not predicted by this checkpoint; it predicts "
+            f"{', '.join(loaded.labels)}"
+        )
+    return list(dict.fromkeys(wanted))
+
+
+def _check_options(method: str, norm: str, alpha: float, check_max: int) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
+    if norm not in NORM_MODES:
+        raise ConfigError(f"--norm must be one of {', '.join(NORM_MODES)}; got {norm!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"--alpha must be in [0, 1]; got {alpha}")
+    if check_max < 1:
+        raise ConfigError(f"--check-max must be at least 1; got {check_max}")
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+class _OutputWriter:
+    """Writes one input's overlays, raw maps and grid atomically; returns its index rows."""
+
+    def __init__(self, out: Path, loaded: LoadedClassifier, *, norm: str, alpha: float) -> None:
+        self.out = out
+        self.thresholds = loaded.thresholds
+        self.norm = norm
+        self.alpha = alpha
+        self.slugs = _finding_slugs(loaded.labels)
+
+    def write(
+        self, name: str, path: Path, image: np.ndarray, results: Sequence[SaliencyResult]
+    ) -> list[dict[str, Any]]:
+        norm = DisplayNorm.shared(results, mode=self.norm)  # type: ignore[arg-type]
+        grid = Path("grids") / f"{name}_grid.png"
+        panels, rows = [], []
+        for result in results:
+            threshold = float(self.thresholds.get(result.finding, 0.5))
+            call = "positive" if result.probability >= threshold else "negative"
+            overlay = render_overlay(image, result, normalization=norm, alpha=self.alpha)
+            stem = f"{name}_{self.slugs[result.finding]}"
+            overlay_path = Path("overlays") / f"{stem}.png"
+            map_path = Path("maps") / f"{stem}.npy"
+            _write_png(self.out / overlay_path, overlay)
+            with atomic_open(self.out / map_path, "wb") as fh:
+                np.save(fh, result.original.astype(np.float32, copy=False))
+            panels.append((result, overlay, f"{call.upper()} at threshold {threshold:.3f}"))
+            rows.append(
+                {
+                    "id": name,
+                    "input": str(path),
+                    "status": "ok",
+                    "error": "",
+                    "finding": result.finding,
+                    "probability": result.probability,
+                    "threshold": threshold,
+                    "call": call,
+                    "method": result.method,
+                    "layer": result.layer,
+                    "overlay": overlay_path.as_posix(),
+                    "raw_map": map_path.as_posix(),
+                    "raw_map_content": (
+                        f"un-normalised {result.method} map (float32) on the original image "
+                        f"grid, {image.shape[0]}x{image.shape[1]}; units: {result.units}; "
+                        "> 0 = evidence for the finding"
+                    ),
+                    "grid": grid.as_posix(),
+                    "original_height": int(image.shape[0]),
+                    "original_width": int(image.shape[1]),
+                    "display_norm": norm.describe(),
+                }
+            )
+        _write_png(self.out / grid, _grid_figure(image, panels, norm))
+        return rows
+
+
+def _error_row(name: str, path: Path, exc: MedftError) -> dict[str, Any]:
+    """The index row of an input that could not be read (the reason names the file)."""
+    row: dict[str, Any] = dict.fromkeys(INDEX_COLUMNS, "")
+    row.update({"id": name, "input": str(path), "status": "error", "error": str(exc)})
+    for key in ("probability", "threshold", "original_height", "original_width"):
+        row[key] = np.nan
+    return row
+
+
+def _finding_slugs(labels: Sequence[str]) -> dict[str, str]:
+    """A file-name-safe, unique short form of each finding name."""
+    slugs: dict[str, str] = {}
+    for label in labels:
+        slug = re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_.") or "finding"
+        base, n = slug, 2
+        while slug in slugs.values():
+            slug, n = f"{base}-{n}", n + 1
+        slugs[label] = slug
+    return slugs
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_open(path, "wb") as fh:
+        Image.fromarray(rgb).save(fh, format="PNG")
+
+
+def _grid_figure(
+    image: np.ndarray,
+    panels: Sequence[tuple[SaliencyResult, np.ndarray, str]],
+    norm: DisplayNorm,
+    *,
+    columns: int = 4,
+    panel_inches: float = 3.0,
+    dpi: int = 100,
+) -> np.ndarray:
+    """The radiograph, then one captioned overlay per finding, and what the colours mean."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    ncols = min(columns, len(panels) + 1)
+    nrows = -(-(len(panels) + 1) // ncols)
+    aspect = image.shape[0] / image.shape[1]
+    figure = Figure(
+        figsize=(panel_inches * ncols, panel_inches * aspect * nrows + 1.5),
+        dpi=dpi,
+        layout="constrained",
+    )
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title("image", fontsize=9)
+    for ax, (result, overlay, call) in zip(axes[1:], panels, strict=False):
+        ax.imshow(overlay)
+        ax.set_title(
+            f"{result.finding}: p = {result.probability:.3f}\n{call}\n{result.method}",
+            fontsize=9,
+        )
+    bar = figure.colorbar(
+        ScalarMappable(norm=Normalize(0, 1), cmap="jet"),
+        ax=axes.tolist(),
+        orientation="horizontal",
+        fraction=0.04,
+        aspect=40,
+    )
+    bar.set_ticks([0, 1], labels=["0", "full colour"])
+    bar.set_label(textwrap.fill(norm.describe(), int(panel_inches * ncols * 14)), fontsize=8)
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+
+
+# --------------------------------------------------------------------------- trust checks
+
+
+class _CheckRun:
+    """Collects randomisation and deletion/insertion results over the first inputs."""
+
+    def __init__(self, loaded: LoadedClassifier, options: dict[str, Any], limit: int) -> None:
+        self.loaded = loaded
+        self.options = options
+        self.method = str(options["method"])
+        self.limit = limit
+        self.randomisation: list[dict[str, Any]] = []
+        self.deletion: list[dict[str, Any]] = []
+        self.ids: list[str] = []
+        self.layer = ""
+
+    def wants_more(self) -> bool:
+        return len(self.ids) < self.limit
+
+    def add(
+        self, name: str, prepared: tuple[torch.Tensor, Any], results: Sequence[SaliencyResult]
+    ) -> None:
+        """Run both checks on one input whose maps are ``results``."""
+        model, labels, multilabel = self.loaded.model, self.loaded.labels, _multilabel(self.loaded)
+        findings = [result.finding for result in results]
+        randomised = randomisation_check(
+            model, prepared, labels=labels, findings=findings, **self.options
+        )
+        self.layer = randomised["layer"]
+        self.randomisation += [{"id": name, **row} for row in randomised["rows"]]
+        for result in results:
+            score = deletion_score(model, prepared, result, labels=labels, multilabel=multilabel)
+            threshold = float(self.loaded.thresholds.get(result.finding, 0.5))
+            self.deletion.append(
+                {
+                    "id": name,
+                    "finding": result.finding,
+                    "probability": score["probability"],
+                    "call": "positive" if result.probability >= threshold else "negative",
+                    **{key: score[key] for key in _SCORE_KEYS},
+                }
+            )
+        self.ids.append(name)
+
+    def finish(self, path: Path) -> dict[str, Any]:
+        """Write ``checks.json`` (summary + per-input rows); return the summary."""
+        summary = {
+            "method": self.method,
+            "layer": self.layer,
+            "n_images": len(self.ids),
+            "randomisation": _randomisation_summary(self.randomisation),
+            "deletion": {
+                "all": _deletion_summary(self.deletion),
+                "called_positive": _deletion_summary(
+                    [row for row in self.deletion if row["call"] == "positive"]
+                ),
+            },
+        }
+        write_json(
+            path,
+            {
+                "summary": summary,
+                "ids": self.ids,
+                "randomisation_rows": self.randomisation,
+                "deletion_rows": self.deletion,
+            },
+        )
+        return summary
+
+
+_SCORE_KEYS = (
+    "deletion_auc",
+    "random_deletion_auc",
+    "deletion_gain",
+    "insertion_auc",
+    "random_insertion_auc",
+    "insertion_gain",
+)
+
+
+def _randomisation_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median Spearman correlation per randomisation level, over images and findings."""
+    levels: list[dict[str, Any]] = []
+    for level in sorted({row["level"] for row in rows}):
+        at_level = [row for row in rows if row["level"] == level]
+        signed = np.array([row["spearman"] for row in at_level], dtype=float)
+        absolute = np.array([row["spearman_abs"] for row in at_level], dtype=float)
+        levels.append(
+            {
+                "level": level,
+                "randomised": at_level[0]["randomised"],
+                "median_spearman": _nan_median(signed),
+                "median_spearman_abs": _nan_median(absolute),
+                "n": int(np.isfinite(signed).sum()),
+            }
+        )
+    return levels
+
+
+def _deletion_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Means of the deletion and insertion AUCs and gains, and how often the map beat random."""
+    summary: dict[str, Any] = {"n": len(rows)}
+    for key in _SCORE_KEYS:
+        values = np.array([row[key] for row in rows], dtype=float)
+        summary[f"mean_{key}"] = float(values.mean()) if values.size else float("nan")
+    for mode in ("deletion", "insertion"):
+        gains = np.array([row[f"{mode}_gain"] for row in rows], dtype=float)
+        summary[f"{mode}_beats_random"] = float((gains > 0).mean()) if gains.size else float("nan")
+    return summary
+
+
+def _nan_median(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if finite.size else float("nan")
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def format_summary(index: pd.DataFrame, out: str | Path) -> str:
+    """A few lines for the terminal: what was written where, and what the colours mean."""
+    out = Path(out)
+    ok = index[index["status"] == "ok"]
+    failed = index.loc[index["status"] == "error", "input"].nunique()
+    n_inputs = ok["input"].nunique() + failed
+    lines = [f"explained {ok['input'].nunique()} of {n_inputs} inputs"]
+    if len(ok):
+        lines[0] += f" with {ok['method'].iloc[0]} at {ok['layer'].iloc[0]}"
+    if failed:
+        lines.append(f"{failed} unreadable: reasons in the 'error' column of the index")
+    lines += [
+        f"overlays (original size): {out / 'overlays'}",
+        f"raw maps (.npy, un-normalised, original size): {out / 'maps'}",
+        f"grids: {out / 'grids'}",
+        f"index: {out / 'index.csv'}",
+    ]
+    sentences = ok["display_norm"].unique()
+    if len(sentences) == 1:
+        lines.append(sentences[0])
+    elif len(sentences) > 1:
+        lines.append(f"{sentences[0]} (scale differs per image; see display_norm in the index)")
+    checks = index.attrs.get("checks")
+    if checks:
+        lines += _format_checks(checks, out / "checks.json")
+    return "\n".join(lines)
+
+
+def _format_checks(summary: dict[str, Any], path: Path) -> list[str]:
+    lines = [
+        f"trust checks on {summary['n_images']} images ({summary['method']}), details: {path}",
+        "  randomisation: median Spearman of trained vs randomised maps (1 = unchanged; a "
+        "map that depends on the weights falls towards 0):",
+    ]
+    previous = ""
+    for level in summary["randomisation"]:
+        randomised = level["randomised"]
+        added = randomised[len(previous) + 1 :] if previous else randomised
+        previous = randomised if level["level"] else ""
+        lines.append(
+            f"    level {level['level']} ({'+ ' if level['level'] > 1 else ''}{added}): "
+            f"{level['median_spearman']:.2f} (|map| {level['median_spearman_abs']:.2f})"
+        )
+    for subset, label in (("all", "all maps"), ("called_positive", "findings called positive")):
+        scores = summary["deletion"][subset]
+        if not scores["n"]:
+            continue
+        lines.append(
+            f"  {label} (n={scores['n']}): deletion AUC {scores['mean_deletion_auc']:.3f} vs "
+            f"{scores['mean_random_deletion_auc']:.3f} random (lower is better); insertion AUC "
+            f"{scores['mean_insertion_auc']:.3f} vs {scores['mean_random_insertion_auc']:.3f} "
+            "random (higher is better)"
+        )
+    return lines
