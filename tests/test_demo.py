@@ -727,3 +727,19 @@ def test_shrink_keeps_range():
     image = np.random.default_rng(0).random((100, 60), dtype=np.float32)
     small = shrink(image, (50, 30))
     assert small.shape == (50, 30) and small.min() >= 0.0 and small.max() <= 1.0
+
+
+def test_model_card_repeats_the_training_audit_warning(service):
+    import dataclasses
+
+    classifier = service.classifier
+    clean = dataclasses.replace(
+        classifier, meta={k: v for k, v in classifier.meta.items() if k != "audit"}
+    )
+    assert "Data bias warning" not in model_card(clean)
+    warned = dataclasses.replace(
+        classifier,
+        meta={**classifier.meta, "audit": {"warnings": ["manufacturer predicts abnormal"]}},
+    )
+    card = model_card(warned)
+    assert "Data bias warning" in card and "manufacturer predicts abnormal" in card

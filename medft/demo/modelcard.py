@@ -75,6 +75,14 @@ def model_card(classifier: LoadedClassifier, metrics: Mapping[str, Any] | None =
         "### Validation metrics",
         _validation(meta, classifier.labels),
     ]
+    warnings = (meta.get("audit") or {}).get("warnings") or []
+    if warnings:
+        parts += [
+            "### Data bias warning",
+            "The shortcut audit run before training found that metadata or image borders "
+            "alone predict a label; the model may have learned them instead of disease:",
+            *[f"> {text}" for text in warnings],
+        ]
     if metrics:
         parts += ["### Evaluation", _evaluation(metrics, classifier.labels)]
     parts += [
