@@ -548,7 +548,7 @@ def _format_checks(summary: dict[str, Any], path: Path) -> list[str]:
         previous = randomised if level["level"] else ""
         lines.append(
             f"    level {level['level']} ({'+ ' if level['level'] > 1 else ''}{added}): "
-            f"{level['median_spearman']:.2f} (|map| {level['median_spearman_abs']:.2f})"
+            f"{_rounded(level['median_spearman'])} (|map| {_rounded(level['median_spearman_abs'])})"
         )
     for subset, label in (("all", "all maps"), ("called_positive", "findings called positive")):
         scores = summary["deletion"][subset]
@@ -561,3 +561,8 @@ def _format_checks(summary: dict[str, Any], path: Path) -> list[str]:
             "random (higher is better)"
         )
     return lines
+
+
+def _rounded(value: float) -> str:
+    """Two decimals without a minus sign on zero."""
+    return f"{round(value, 2) + 0.0:.2f}"

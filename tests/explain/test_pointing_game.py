@@ -66,15 +66,15 @@ def lesion_dataset(out: Path, n_patients: int, *, seed: int, prevalence: float) 
 @pytest.fixture(scope="module")
 def lesion_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """A checkpoint that tells abnormal from normal, and held-out abnormal images."""
-    from medft.lightning_cli import last_checkpoint_path, run_lightning
+    from medft.lightning_cli import best_checkpoint_path, run_lightning
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # faster than 2 on a shared CPU
     root = tmp_path_factory.mktemp("pointing")
     (root / "train").mkdir()
     (root / "test").mkdir()
-    train_csv = lesion_dataset(root / "train", 300, seed=11, prevalence=0.5)
-    test_csv = lesion_dataset(root / "test", 30, seed=12, prevalence=1.0)
+    train_csv = lesion_dataset(root / "train", 600, seed=11, prevalence=0.5)
+    test_csv = lesion_dataset(root / "test", 40, seed=12, prevalence=1.0)
     cli = run_lightning(
         "fit",
         [
@@ -92,7 +92,7 @@ def lesion_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
             "--model.lr", "0.003",
             "--model.lr_decay", "1.0",
             "--model.drop_rate", "0.0",
-            "--trainer.max_epochs", "10",
+            "--trainer.max_epochs", "12",
             "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false",
             "--trainer.default_root_dir", str(root / "run"),
@@ -102,7 +102,7 @@ def lesion_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         yield {
-            "checkpoint": last_checkpoint_path(cli.trainer),
+            "checkpoint": best_checkpoint_path(cli.trainer),
             "test_csv": test_csv,
             "root": root,
         }
@@ -138,33 +138,43 @@ def pointing_game(index: pd.DataFrame, labels_csv: Path, out: Path) -> dict[str,
     }
 
 
+#: (method, target layer, run the trust checks): the automatic layer is the last stage (a
+#: 4 x 4 grid at 128 px); the stage before it gives an 8 x 8 grid.
+RUNS = {
+    "gradcam": ("gradcam", "auto", True),
+    "gradcam-stage2": ("gradcam", "model.stages.2", False),
+    "occlusion": ("occlusion", "auto", True),
+}
+
+
 @pytest.fixture(scope="module")
 def explained(lesion_model, tmp_path_factory) -> dict[str, tuple[pd.DataFrame, Path]]:
-    """`medft explain --check` over the held-out images, for Grad-CAM and for occlusion."""
+    """`medft explain [--check]` over the held-out images, per entry of RUNS."""
     images = lesion_model["test_csv"].parent / "images"
     runs = {}
-    for method in ("gradcam", "occlusion"):
-        out = tmp_path_factory.mktemp(method)
+    for name, (method, layer, check) in RUNS.items():
+        out = tmp_path_factory.mktemp(name)
         index = explain_inputs(
-            lesion_model["checkpoint"], images, out, method=method, check=True, check_max=10
-        )
-        runs[method] = (index, out)
+            lesion_model["checkpoint"], images, out, method=method, target_layer=layer,
+            check=check, check_max=10,
+        )  # fmt: skip
+        runs[name] = (index, out)
     return runs
 
 
-@pytest.mark.parametrize("method", ["gradcam", "occlusion"])
-def test_the_map_peaks_at_the_lesion(method, explained, lesion_model):
-    index, out = explained[method]
+@pytest.mark.parametrize("run", list(RUNS))
+def test_the_map_peaks_at_the_lesion(run, explained, lesion_model):
+    index, out = explained[run]
     score = pointing_game(index, lesion_model["test_csv"], out)
-    print(f"\npointing game, {method}: {json.dumps(score)}")
-    assert score["n"] >= 15
-    assert score["hit_rate"] >= score["uniform_baseline"] + 0.4, score
-    assert score["hit_rate"] >= score["prior_baseline"] + 0.3, score
+    print(f"\npointing game, {run} at {index['layer'].iloc[0]}: {json.dumps(score)}")
+    assert score["n"] >= 20
+    assert score["hit_rate"] >= score["uniform_baseline"] + 0.35, score
+    assert score["hit_rate"] >= score["prior_baseline"] + 0.25, score
 
 
-def checks_summary(explained, method: str) -> dict:
-    summary = json.loads((explained[method][1] / "checks.json").read_text())["summary"]
-    print(f"\ntrust checks, {method}: {json.dumps(summary)}")
+def checks_summary(explained, run: str) -> dict:
+    summary = json.loads((explained[run][1] / "checks.json").read_text())["summary"]
+    print(f"\ntrust checks, {run}: {json.dumps(summary)}")
     return summary
 
 
@@ -174,13 +184,11 @@ def test_randomising_the_model_changes_the_gradcam_maps(explained):
     assert levels[-1]["median_spearman"] < 0.5
 
 
-@pytest.mark.parametrize("method", ["gradcam", "occlusion"])
-def test_the_salient_pixels_are_the_ones_the_model_uses(method, explained):
-    """Restoring the most salient pixels first brings the probability back faster than random
-    (both methods); removing them first lowers it faster than random (occlusion). Grad-CAM's
-    4 x 4 map at 128 px fails deletion here: see docs/saliency.md."""
-    positive = checks_summary(explained, method)["deletion"]["called_positive"]
-    assert positive["n"] >= 4
-    assert positive["mean_insertion_gain"] > 0.1
-    if method == "occlusion":
-        assert positive["mean_deletion_gain"] > 0.05
+@pytest.mark.parametrize("run", ["gradcam", "occlusion"])
+def test_the_salient_pixels_are_the_ones_the_model_uses(run, explained):
+    """Removing the most salient pixels first lowers the probability faster than random order,
+    and restoring them first brings it back faster (images the model calls positive)."""
+    positive = checks_summary(explained, run)["deletion"]["called_positive"]
+    assert positive["n"] >= 5
+    assert positive["mean_deletion_gain"] > 0.15
+    assert positive["mean_insertion_gain"] > 0.15
