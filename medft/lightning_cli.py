@@ -62,14 +62,17 @@ class MedftLightningCLI(LightningCLI):
         parser.link_arguments(
             "trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir
         )
-        # last.ckpt comes from a second, unmonitored checkpoint: with a monitor,
-        # Lightning refreshes "last" only when the metric improves, so a resume from it
-        # would repeat epochs.
+        # last.ckpt comes from a second, unmonitored checkpoint: Lightning 2.6 refreshes
+        # "last" only in a step where its callback also saved a top-k file, so a monitored
+        # callback leaves it stale until the metric improves (a resume would repeat epochs),
+        # and save_top_k=0 would write it only at the end. This one keeps the newest epoch.
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "last_checkpoint.monitor": None,
-                "last_checkpoint.save_top_k": 0,
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.filename": "latest-{epoch:02d}",
+                "last_checkpoint.auto_insert_metric_name": False,
                 "last_checkpoint.save_last": True,
             }
         )
