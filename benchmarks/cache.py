@@ -14,13 +14,17 @@ Lightning's own per-step bookkeeping, so it is an upper bound). Target: under 5%
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from medft.bench import BenchResult, Target, format_table, load_script, write_results
+from medft.bench import (
+    BenchResult,
+    Target,
+    load_script,
+    standalone_main,
+)
 
 QUICK_SIZES = {"n_patients": 80, "synth_size": 128, "image_size": 64, "repeats": 2}
 FULL_SIZES = {"n_patients": 300, "synth_size": 512, "image_size": 128, "repeats": 3}
@@ -80,15 +84,7 @@ def run(quick: bool) -> list[BenchResult]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny data set")
-    parser.add_argument("--out", type=Path, help="folder for bench.json")
-    args = parser.parse_args(argv)
-    results = run(args.quick)
-    print(format_table(results))
-    if args.out is not None:
-        write_results(args.out, results, quick=args.quick)
-    return 0
+    return standalone_main(run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Both the full-training phase (``freeze=full``) and the frozen phase
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from medft.bench import BenchResult, Target, Timing, format_table, rate_result, write_results
+from medft.bench import BenchResult, Target, Timing, rate_result, standalone_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = Target(0.90)
@@ -217,15 +216,7 @@ def run(quick: bool) -> list[BenchResult]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model and images")
-    parser.add_argument("--out", type=Path, help="folder for bench.json")
-    args = parser.parse_args(argv)
-    results = run(args.quick)
-    print(format_table(results))
-    if args.out is not None:
-        write_results(args.out, results, quick=args.quick)
-    return 0
+    return standalone_main(run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

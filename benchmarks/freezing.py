@@ -15,19 +15,15 @@
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
 from medft.bench import (
     BenchResult,
     Target,
-    format_table,
     rate_result,
+    standalone_main,
     time_interleaved,
-    write_results,
 )
 from medft.model.module import XrayClassifier
 
@@ -129,15 +125,7 @@ def run(quick: bool) -> list[BenchResult]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny models and images")
-    parser.add_argument("--out", type=Path, help="folder for bench.json")
-    args = parser.parse_args(argv)
-    results = run(args.quick)
-    print(format_table(results))
-    if args.out is not None:
-        write_results(args.out, results, quick=args.quick)
-    return 0
+    return standalone_main(run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

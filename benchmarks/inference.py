@@ -16,19 +16,15 @@ quick budget); see docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import timm
 import torch
 
 from medft.bench import (
     BenchResult,
     Target,
-    format_table,
     rate_result,
+    standalone_main,
     time_interleaved,
-    write_results,
 )
 from medft.model.module import XrayClassifier
 
@@ -86,15 +82,7 @@ def run(quick: bool) -> list[BenchResult]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model and images")
-    parser.add_argument("--out", type=Path, help="folder for bench.json")
-    args = parser.parse_args(argv)
-    results = run(args.quick)
-    print(format_table(results))
-    if args.out is not None:
-        write_results(args.out, results, quick=args.quick)
-    return 0
+    return standalone_main(run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ the result record, the machine summary, the table printer and the JSON writer.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import importlib.util
 import os
@@ -296,3 +297,18 @@ def run_benchmarks(
     )
     echo(f"wrote {Path(out) / BENCH_JSON}")
     return results
+
+
+def standalone_main(
+    run: Callable[[bool], list[BenchResult]], description: str, argv: list[str] | None = None
+) -> int:
+    """The command line every benchmark script shares: ``[--quick] [--out DIR]``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="tiny data set")
+    parser.add_argument("--out", type=Path, help="folder for bench.json")
+    args = parser.parse_args(argv)
+    results = run(args.quick)
+    print(format_table(results))
+    if args.out is not None:
+        write_results(args.out, results, quick=args.quick)
+    return 0
