@@ -4,6 +4,8 @@ A study lives in one folder::
 
     DIR/study.json          settings (config, folds, repeats, seed, labels, subgroup columns)
     DIR/folds.csv           patient-grouped, label-stratified assignment, written before training
+    DIR/audit/              the quick shortcut audit of the whole manifest, run once before
+                            training (audit.json, audit.html); its warning reaches the summary
     DIR/fold_I/             one LightningCLI fit run (checkpoints/, logs, splits.csv) plus
         predictions.csv     the held-out fold predicted by the best checkpoint
         metrics.json        that fold's metrics with patient-bootstrap intervals
@@ -29,7 +31,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ import yaml
 
 from medft import __version__
 from medft._io import write_bytes, write_json, write_text
-from medft.errors import ConfigError, DataError
+from medft.errors import ConfigError, DataError, MedftError
 from medft.eval import plots
 from medft.eval.evaluate import table_metrics, write_table
 from medft.eval.metrics import auroc, delong_test, paired_bootstrap, roc_band
@@ -60,6 +62,7 @@ __all__ = [
     "missing_folds",
     "prepare",
     "run",
+    "study_audit",
 ]
 
 STUDY_JSON = "study.json"
@@ -68,6 +71,7 @@ DONE = "DONE"
 OOF_CSV = "oof_predictions.csv"
 SUMMARY_JSON = "summary.json"
 REPORT_HTML = "report.html"
+AUDIT_DIR = "audit"
 CONFIG_YAML = "config.yaml"
 TEST_SKIPPED_CSV = "test_skipped_files.csv"
 #: Settings that must match when a study folder is reused (resume, --fold jobs).
@@ -247,6 +251,37 @@ def prepare(
     return study
 
 
+def study_audit(out: str | Path, *, say: Callable[[str], object] = print) -> str | None:
+    """The study's shortcut audit: run once on the whole manifest, then read back.
+
+    Every fold trains on the same manifest, so one quick (headers-only) audit before the
+    first fold replaces a per-fold one; folds run with ``--data.audit false`` and the
+    warning, if any, goes into ``summary.json`` and ``report.html``. Several jobs of a
+    SLURM array may run it at once; the files are written atomically.
+
+    Returns:
+        The warning paragraph, or None when nothing was flagged (or the audit could not
+        read the data: the fold's bad-file policy then reports the files).
+    """
+    from medft.data.audit import audit_manifest
+
+    out = Path(out)
+    if (out / AUDIT_DIR / "audit.json").is_file():
+        return _saved_audit_warning(out)
+    study = _read_study(out)
+    manifest = _load_study_manifest(study)
+    try:
+        report = audit_manifest(manifest, labels=list(study["labels"]), quick=True)
+    except MedftError as exc:
+        say(f"shortcut audit skipped: {exc}")
+        return None
+    report.write(out / AUDIT_DIR)
+    warning = report.warning()
+    if warning:
+        say(f"shortcut audit (details in {out / AUDIT_DIR / 'audit.html'}): {warning}")
+    return warning
+
+
 # ------------------------------------------------------------------- one fold
 
 
@@ -254,6 +289,8 @@ def _fold_args(study: Mapping[str, Any], out: Path, fid: FoldId, directory: Path
     return [
         "--config",
         study["config"],
+        "--data.audit",  # the study audited the whole manifest once (study_audit)
+        "false",
         *study["overrides"],
         "--data.split_file",
         str(out / FOLDS_CSV),
@@ -426,6 +463,7 @@ def run(
     if repeat is not None:
         todo = [f for f in todo if f.repeat == int(repeat)]
     say(f"study in {out}: folds written to {out / FOLDS_CSV}; {len(todo)} fold(s) to run")
+    study_audit(out, say=say)
     for fid in todo:
         _run_fold(study, out, fid, resume=resume, say=say)
     missing = missing_folds(out)
@@ -441,6 +479,14 @@ def run(
         say(f"not aggregated yet: {names} unfinished; then run `medft cv aggregate {out}`")
     oof = _collect(out, _read_study(out), allow_missing=True)
     return fold_metrics(oof, _read_study(out)["labels"])
+
+
+def _saved_audit_warning(out: Path) -> str | None:
+    """The warning of the study's audit, if it ran (older studies have none)."""
+    saved = out / AUDIT_DIR / "audit.json"
+    if not saved.is_file():
+        return None
+    return json.loads(saved.read_text(encoding="utf-8")).get("warning")
 
 
 def missing_folds(out: str | Path) -> list[FoldId]:
@@ -641,6 +687,10 @@ def aggregate(out: str | Path, *, n_boot: int | None = None, seed: int | None = 
     }
     if study["by"]:
         summary["subgroups"] = _pooled_subgroups(first, labels, study["by"], n_boot, seed)
+    warning = _saved_audit_warning(out)
+    if warning:
+        summary["audit"] = {"warning": warning, "report": f"{AUDIT_DIR}/audit.html"}
+        summary["warnings"].append(f"Shortcut audit: {warning}")
     if summary["skipped_files"]["count"]:
         summary["warnings"].append(
             f"{summary['skipped_files']['count']} file(s) could not be read and were left out "

@@ -195,6 +195,42 @@ def test_aggregate_counts_skipped_files(tmp_path: Path, manifest: Path) -> None:
     assert any("could not be read" in w for w in summary["warnings"])
 
 
+def test_study_audit_runs_once_and_its_warning_reaches_the_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medft.data.synth import synthesize
+
+    data = synthesize(tmp_path / "data", 120, size=64, seed=0, shortcut="manufacturer")
+    config = tmp_path / "cv.yaml"
+    config.write_text(yaml.safe_dump({"data": {"manifest": str(data.labels_csv),
+                                               "labels": ["abnormal"]}}))  # fmt: skip
+    out = tmp_path / "study"
+    cv.prepare(config, folds=3, out=out, seed=0, n_boot=N_BOOT)
+    said: list[str] = []
+    warning = cv.study_audit(out, say=said.append)
+    assert warning and "manufacturer" in warning
+    assert (out / cv.AUDIT_DIR / "audit.json").is_file() and "manufacturer" in said[0]
+
+    def no_second_audit(*args, **kwargs):
+        raise AssertionError("the study audit ran twice")
+
+    monkeypatch.setattr("medft.data.audit.audit_manifest", no_second_audit)
+    assert cv.study_audit(out, say=said.append) == warning  # read back, not recomputed
+    assert cv._fold_args(cv._read_study(out), out, cv.FoldId(0, 0), out / "f")[2:4] == [
+        "--data.audit", "false"
+    ]  # fmt: skip
+
+
+def test_aggregate_repeats_the_study_audit_warning(study: Path) -> None:
+    assert "audit" not in cv.aggregate(study, n_boot=N_BOOT)
+    (study / cv.AUDIT_DIR).mkdir()
+    (study / cv.AUDIT_DIR / "audit.json").write_text(json.dumps({"warning": "rows predict it"}))
+    summary = cv.aggregate(study, n_boot=N_BOOT)
+    assert summary["audit"]["warning"] == "rows predict it"
+    assert "Shortcut audit: rows predict it" in summary["warnings"]
+    assert "rows predict it" in (study / cv.REPORT_HTML).read_text()
+
+
 def test_aggregate_refuses_an_image_predicted_twice(study: Path) -> None:
     first = cv.fold_dir(study, cv.FoldId(0, 0), 1) / "predictions.csv"
     second = cv.fold_dir(study, cv.FoldId(0, 1), 1) / "predictions.csv"
@@ -320,6 +356,8 @@ def test_five_fold_study_end_to_end(tmp_path: Path) -> None:
             "train", "val", "test"
         }  # fmt: skip
     assert "view" in summary["subgroups"]["by"]
+    assert (out / cv.AUDIT_DIR / "audit.json").is_file()  # once for the study, not per fold
+    assert not any((out / f"fold_{fold}" / "audit").exists() for fold in range(5))
 
 
 @pytest.mark.slow
