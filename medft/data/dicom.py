@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,6 +46,7 @@ from medft.data._dicom_source import (
     captured_warnings,
     not_dicom_reason,
     open_source,
+    sniff,
 )
 from medft.errors import ConfigError, DicomReadError
 
@@ -52,6 +54,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageSource",
     "XrayMeta",
+    "is_dicom",
     "load_image",
     "patient_hash",
     "read_image",
@@ -143,6 +146,18 @@ def load_image(
         raise DicomReadError(
             "neither a DICOM file nor a PNG, JPEG or TIFF image (unrecognised content)"
         )
+
+
+def is_dicom(path: str | os.PathLike[str]) -> bool:
+    """Whether a file's first bytes are DICOM (Part 10 or a bare data set), whatever its name.
+
+    An unreadable file is not DICOM; nothing beyond the first 132 bytes is read.
+    """
+    try:
+        with open(path, "rb") as fh:
+            return sniff(fh.read(132)) in (DICOM, DICOM_BARE)
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,10 @@ import pandas as pd
 import torch
 
 from medft._io import atomic_open, write_json
-from medft.data._dicom_source import DICOM, DICOM_BARE, sniff
-from medft.data.dicom import load_image
+from medft.data.dicom import is_dicom, load_image
 from medft.errors import ConfigError, MedftError
 from medft.explain.checks import deletion_score, randomisation_check
-from medft.explain.overlay import DisplayNorm, render_overlay
+from medft.explain.overlay import DisplayNorm, grid_image, render_overlay
 from medft.explain.saliency import METHODS, Preprocess, SaliencyResult, default_preprocess, explain
 from medft.model.checkpoint import LoadedClassifier, load_classifier
 
@@ -173,7 +171,7 @@ def collect_inputs(inputs: str | Path, *, exclude: str | Path | None = None) -> 
         if skip is not None and path.resolve().is_relative_to(skip):
             continue
         suffix = path.suffix.lower()
-        if suffix in INPUT_SUFFIXES or (not suffix and _is_dicom(path)):
+        if suffix in INPUT_SUFFIXES or (not suffix and is_dicom(path)):
             found.append(path)
     if not found:
         raise ConfigError(
@@ -181,15 +179,6 @@ def collect_inputs(inputs: str | Path, *, exclude: str | Path | None = None) -> 
             "suffix-less DICOM files, recursively)"
         )
     return found
-
-
-def _is_dicom(path: Path) -> bool:
-    """Whether a file's first bytes are DICOM (Part 10 or a bare data set)."""
-    try:
-        with path.open("rb") as fh:
-            return sniff(fh.read(132)) in (DICOM, DICOM_BARE)
-    except OSError:
-        return False
 
 
 def output_id(number: int, path: str | Path, *, width: int = 4) -> str:
@@ -271,7 +260,7 @@ class _OutputWriter:
     ) -> list[dict[str, Any]]:
         norm = DisplayNorm.shared(results, mode=self.norm)  # type: ignore[arg-type]
         grid = Path("grids") / f"{name}_grid.png"
-        panels, rows = [], []
+        captions, rows = [], []
         for result in results:
             threshold = float(self.thresholds.get(result.finding, 0.5))
             call = "positive" if result.probability >= threshold else "negative"
@@ -282,7 +271,7 @@ class _OutputWriter:
             _write_png(self.out / overlay_path, overlay)
             with atomic_open(self.out / map_path, "wb") as fh:
                 np.save(fh, result.original.astype(np.float32, copy=False))
-            panels.append((result, overlay, f"{call.upper()} at threshold {threshold:.3f}"))
+            captions.append(f"{call.upper()} at threshold {threshold:.3f}")
             rows.append(
                 {
                     "id": name,
@@ -308,7 +297,8 @@ class _OutputWriter:
                     "display_norm": norm.describe(),
                 }
             )
-        _write_png(self.out / grid, _grid_figure(image, panels, norm))
+        figure = grid_image(image, results, norm, captions=captions, alpha=self.alpha)
+        _write_png(self.out / grid, figure)
         return rows
 
 
@@ -338,54 +328,6 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 
     with atomic_open(path, "wb") as fh:
         Image.fromarray(rgb).save(fh, format="PNG")
-
-
-def _grid_figure(
-    image: np.ndarray,
-    panels: Sequence[tuple[SaliencyResult, np.ndarray, str]],
-    norm: DisplayNorm,
-    *,
-    columns: int = 4,
-    panel_inches: float = 3.0,
-    dpi: int = 100,
-) -> np.ndarray:
-    """The radiograph, then one captioned overlay per finding, and what the colours mean."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
-
-    ncols = min(columns, len(panels) + 1)
-    nrows = -(-(len(panels) + 1) // ncols)
-    aspect = image.shape[0] / image.shape[1]
-    figure = Figure(
-        figsize=(panel_inches * ncols, panel_inches * aspect * nrows + 1.5),
-        dpi=dpi,
-        layout="constrained",
-    )
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax in axes:
-        ax.set_axis_off()
-    axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
-    axes[0].set_title("image", fontsize=9)
-    for ax, (result, overlay, call) in zip(axes[1:], panels, strict=False):
-        ax.imshow(overlay)
-        ax.set_title(
-            f"{result.finding}: p = {result.probability:.3f}\n{call}\n{result.method}",
-            fontsize=9,
-        )
-    bar = figure.colorbar(
-        ScalarMappable(norm=Normalize(0, 1), cmap="jet"),
-        ax=axes.tolist(),
-        orientation="horizontal",
-        fraction=0.04,
-        aspect=40,
-    )
-    bar.set_ticks([0, 1], labels=["0", "full colour"])
-    bar.set_label(textwrap.fill(norm.describe(), int(panel_inches * ncols * 14)), fontsize=8)
-    figure.canvas.draw()
-    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
 
 
 # --------------------------------------------------------------------------- trust checks

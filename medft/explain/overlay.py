@@ -170,6 +170,7 @@ def grid_image(
     results: Sequence[SaliencyResult],
     normalization: DisplayNorm,
     *,
+    captions: Sequence[str] | None = None,
     alpha: float = 0.4,
     cmap: Colormap = "jet",
     columns: int = 4,
@@ -178,7 +179,8 @@ def grid_image(
 ) -> np.ndarray:
     """One figure per image: the radiograph, then one overlay per finding; uint8 RGB.
 
-    Each panel is titled with the finding, its probability and the method; the
+    Each panel is titled with the finding, its probability and the method, plus that
+    finding's line of ``captions`` if given (e.g. the call at the operating point); the
     normalisation's :meth:`~DisplayNorm.describe` sentence is printed underneath, next to a
     colour bar from 0 to full colour.
     """
@@ -189,8 +191,12 @@ def grid_image(
 
     if not results:
         raise ConfigError("grid_image needs at least one SaliencyResult")
+    if captions is not None and len(captions) != len(results):
+        raise ConfigError(f"grid_image got {len(captions)} captions for {len(results)} results")
+    extra = [f"\n{c}" for c in captions] if captions is not None else [""] * len(results)
     gray = _gray(image)
-    panels = [("image", None), *[(r.finding, r) for r in results]]
+    panels = [("image", None, "")]
+    panels += [(r.finding, r, e) for r, e in zip(results, extra, strict=True)]
     ncols = max(1, min(columns, len(panels)))
     nrows = -(-len(panels) // ncols)
     aspect = gray.shape[0] / gray.shape[1]
@@ -203,13 +209,15 @@ def grid_image(
     axes = figure.subplots(nrows, ncols, squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
-    for ax, (title, result) in zip(axes.ravel(), panels, strict=False):
+    for ax, (title, result, caption) in zip(axes.ravel(), panels, strict=False):
         if result is None:
             ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
             ax.set_title("image", fontsize=10)
             continue
         ax.imshow(render_overlay(gray, result, normalization=normalization, alpha=alpha, cmap=cmap))
-        ax.set_title(f"{title}\np = {result.probability:.2f} · {result.method}", fontsize=10)
+        ax.set_title(
+            f"{title}\np = {result.probability:.3f} · {result.method}{caption}", fontsize=10
+        )
     bar = figure.colorbar(
         ScalarMappable(norm=Normalize(0, 1), cmap=_colormap(cmap)),
         ax=axes.ravel().tolist(),

@@ -44,7 +44,14 @@ from medft.data._dicom_display import (
     Window,
     render,
 )
-from medft.data.dicom import XrayMeta, load_image, patient_hash, read_image, read_xray
+from medft.data.dicom import (
+    XrayMeta,
+    is_dicom,
+    load_image,
+    patient_hash,
+    read_image,
+    read_xray,
+)
 from medft.errors import ConfigError, DicomReadError, UnsupportedCodecError
 
 pytestmark = pytest.mark.timeout(60)
@@ -960,6 +967,8 @@ def test_load_image_sniffs_content_not_names(tmp_path: Path) -> None:
     text.write_text("not an image at all\n" * 20)
     with pytest.raises(DicomReadError, match=r"neither a DICOM file nor a PNG"):
         load_image(text)
+    assert is_dicom(named_png) and not is_dicom(disguised) and not is_dicom(text)
+    assert not is_dicom(tmp_path / "missing.dcm")
 
 
 def test_truncated_png_is_a_read_error(tmp_path: Path) -> None:

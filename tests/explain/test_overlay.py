@@ -120,3 +120,7 @@ def test_grid_image_has_one_panel_per_finding_plus_the_image():
     assert two.dtype == np.uint8 and two.ndim == 3 and two.shape[2] == 3
     assert two.shape[1] > one.shape[1]  # a third panel makes the figure wider
     assert two.std() > 0
+    captioned = grid_image(gray(), results, norm, captions=["POSITIVE", "NEGATIVE"])
+    assert captioned.shape == two.shape and not np.array_equal(captioned, two)  # captions drawn
+    with pytest.raises(ConfigError, match="1 captions for 2 results"):
+        grid_image(gray(), results, norm, captions=["only one"])
