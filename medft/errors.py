@@ -38,3 +38,17 @@ class WeightsError(MedftError):
 
 class CheckpointError(MedftError):
     """A checkpoint is missing, unsafe or does not belong to medft."""
+
+
+def medft_cause(error: BaseException) -> MedftError | None:
+    """The first MedftError in an exception's ``__cause__`` chain (itself included), if any.
+
+    MONAI and the DataLoader wrap errors raised inside transforms and workers; this finds
+    medft's own message (which names the file) underneath the wrapper.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, MedftError):
+            return seen
+        seen = seen.__cause__
+    return None

@@ -43,7 +43,7 @@ from monai.transforms import (
 
 from medft.data import dicom
 from medft.data.geometry import fit_to_square
-from medft.errors import ConfigError, MedftError
+from medft.errors import ConfigError, medft_cause
 
 __all__ = [
     "COMPACT_DTYPES",
@@ -137,20 +137,10 @@ class MedftCompose(Compose):
         try:
             return super().__call__(input_, start=start, end=end, threading=threading, lazy=lazy)
         except RuntimeError as exc:
-            cause = _medft_cause(exc)
+            cause = medft_cause(exc)
             if cause is None:
                 raise
             raise cause from None
-
-
-def _medft_cause(error: BaseException) -> MedftError | None:
-    """The first MedftError in an exception's cause chain, if any."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, MedftError):
-            return seen
-        seen = seen.__cause__
-    return None
 
 
 # ----------------------------------------------------------------------- geometry

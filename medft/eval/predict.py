@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from medft.data._dicom_meta import XrayMeta
 from medft.data._hashing import patient_key
+from medft.data.cache import bad_file_reason
 from medft.data.manifest import Manifest
 from medft.data.transforms import build_transforms, metadata_off
-from medft.errors import ConfigError, DicomReadError, MedftError
+from medft.errors import ConfigError, DicomReadError, MedftError, medft_cause
 from medft.eval.calibration import apply_temperature
 from medft.model.checkpoint import LoadedClassifier
 
@@ -133,12 +134,12 @@ class _ManifestImages(Dataset):
         try:
             data = self.prefix({"image": path})
         except MedftError as exc:
-            return {"index": index, "error": _reason(path, exc)}
+            return {"index": index, "error": bad_file_reason(path, exc)}
         except RuntimeError as exc:  # MONAI wraps transform errors in RuntimeError
-            cause = _medft_cause(exc)
+            cause = medft_cause(exc)
             if cause is None:
                 raise
-            return {"index": index, "error": _reason(path, cause)}
+            return {"index": index, "error": bad_file_reason(path, cause)}
         with metadata_off():
             image = self.to_float({"image": data["image"]})["image"]
         meta = data.get("image_meta")
@@ -157,22 +158,6 @@ def _collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "meta": [item["meta"] for item in kept],
         "errors": [(item["index"], item["error"]) for item in items if "error" in item],
     }
-
-
-def _medft_cause(error: BaseException) -> MedftError | None:
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, MedftError):
-            return seen
-        seen = seen.__cause__
-    return None
-
-
-def _reason(path: str, error: BaseException) -> str:
-    message = str(error)
-    if message.startswith(path):
-        message = message[len(path) :].lstrip(" :")
-    return " ".join(message.split()) or type(error).__name__
 
 
 def _check_columns(manifest: Manifest, labels: Sequence[str], extra: Sequence[str]) -> list[str]:
