@@ -7,14 +7,18 @@
 - ``inference/channels_last``: the plain model in channels-last vs contiguous NCHW.
 - ``inference/bf16_autocast``: the plain model under CPU bf16 autocast vs float32.
 
-The last two are information rows (no target): they show which option pays on this CPU.
-``torch.compile`` is not measured here (its compile time on a 2-core box exceeds the
-quick budget); see docs/benchmarks.md.
+- ``inference/torch_compile`` (full run only): the channels-last model after
+  ``torch.compile`` vs the same model eager; the one-off compile time is in the note.
+
+The last three are information rows (no target): they show which option pays on this CPU.
+The quick run skips ``torch.compile``: compiling even a tiny model takes tens of seconds.
 
     python benchmarks/inference.py [--quick] [--out DIR]
 """
 
 from __future__ import annotations
+
+import time
 
 import timm
 import torch
@@ -60,16 +64,34 @@ def run(quick: bool) -> list[BenchResult]:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             return plain(normalised)
 
-    t = time_interleaved(
-        {
-            "medft": medft_predict,
-            "plain": plain_forward,
-            "channels_last": plain_channels_last,
-            "bf16": plain_bf16,
-        },
-        repeats=repeats,
-    )
+    ops = {
+        "medft": medft_predict,
+        "plain": plain_forward,
+        "channels_last": plain_channels_last,
+        "bf16": plain_bf16,
+    }
+    compile_seconds = None
+    if not quick:
+        compiled = torch.compile(plain_cl)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            compiled(normalised_cl)  # the first call compiles
+        compile_seconds = time.perf_counter() - started
+
+        def plain_compiled() -> object:
+            with torch.inference_mode():
+                return compiled(normalised_cl)
+
+        ops["compiled"] = plain_compiled
+    t = time_interleaved(ops, repeats=repeats)
     note = f"{name} {size}px batch {batch}"
+    compiled_rows = []
+    if compile_seconds is not None:
+        compiled_rows.append(
+            rate_result("inference/torch_compile", t["compiled"], t["channels_last"], items=batch,
+                        note=note + f"; channels-last, compiled vs eager; compiling took "
+                        f"{compile_seconds:.0f} s")
+        )  # fmt: skip
     return [
         rate_result("inference/predict", t["medft"], t["plain"], items=batch,
                     target=Target(0.90), note=note + "; medft channels_last="
@@ -78,6 +100,7 @@ def run(quick: bool) -> list[BenchResult]:
                     note=note + "; plain model, NHWC vs NCHW"),
         rate_result("inference/bf16_autocast", t["bf16"], t["plain"], items=batch,
                     note=note + "; plain model, CPU bf16 autocast vs float32"),
+        *compiled_rows,
     ]  # fmt: skip
 
 
