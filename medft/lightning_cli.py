@@ -9,6 +9,7 @@ from the trainer) and medft's default callbacks and loggers.
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from medft.data.datamodule import XrayDataModule
+from medft.data.loader_monitor import LoaderMonitor
 from medft.errors import ConfigError
 from medft.model.module import XrayClassifier
 
@@ -79,6 +81,8 @@ class MedftLightningCLI(LightningCLI):
         parser.link_arguments(
             "trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=_checkpoint_dir
         )
+        # Warns once when the model waits on the loader (--loader_monitor.enabled false: off).
+        parser.add_lightning_class_args(LoaderMonitor, "loader_monitor")
         parser.link_arguments("data.labels", "model.labels", apply_on="instantiate")
         parser.link_arguments("data.task", "model.task", apply_on="instantiate")
         parser.link_arguments("trainer.default_root_dir", "data.run_dir")
@@ -87,7 +91,8 @@ class MedftLightningCLI(LightningCLI):
         """Log to CSV and TensorBoard inside the run directory unless told otherwise."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = config.trainer.default_root_dir or DEFAULT_ROOT
-        _check_writable(root)
+        # subcommand is None when a test or script builds the CLI with run=False to fit.
+        _check_writable(root, config, fit=self.subcommand in (None, "fit"))
         if config.trainer.logger in (None, True):
             config.trainer.logger = [
                 Namespace(
@@ -101,8 +106,12 @@ class MedftLightningCLI(LightningCLI):
             ]
 
 
-def _check_writable(root: str) -> None:
-    """Fail before any decoding or training when the run folder cannot be written."""
+def _check_writable(root: str, config: Namespace | None = None, *, fit: bool = True) -> None:
+    """Fail before any decoding or training when the run folder cannot be written.
+
+    With ``config``, also check that the disks can hold what the run will write (see
+    :func:`_check_free_space`); ``fit`` says whether checkpoints will be saved.
+    """
     probe = os.path.join(root, ".medft-write-test")
     try:
         os.makedirs(root, exist_ok=True)
@@ -114,6 +123,136 @@ def _check_writable(root: str) -> None:
             f"trainer.default_root_dir: cannot write to {root} ({exc.strerror or exc}); "
             "choose a writable folder with space for checkpoints and logs"
         ) from None
+    if config is not None:
+        _check_free_space(root, config, fit=fit)
+
+
+LOG_MARGIN_BYTES = 32 * 2**20
+"""Room kept free in the run folder for logs, config, splits and reports."""
+_OPTIMIZER_STATES = 2
+"""AdamW keeps two tensors per parameter (first and second moments) in every checkpoint."""
+_CACHE_ITEM_BYTES = {"uint8": 1, "uint16": 2}
+
+
+def _check_free_space(root: str, config: Namespace, *, fit: bool) -> None:
+    """Refuse a run whose checkpoints and disk cache would not fit on their disks.
+
+    The estimate is deliberately simple: checkpoint bytes ≈ parameters × 4 (float32) ×
+    (1 + optimizer states) per file, times the files kept at once (top-k, ``last.ckpt``
+    and one being written before an old one is removed), plus a margin for logs; the
+    disk cache adds images × side² × pixel bytes, less what its folder already holds.
+    Folders on the same disk are summed.
+
+    Raises:
+        ConfigError: Naming the folder, the free and the needed bytes.
+    """
+    needs: list[tuple[str, int, str]] = [(root, LOG_MARGIN_BYTES, "logs")]
+    if fit:
+        per_file = _checkpoint_bytes(config)
+        files = _checkpoint_files(config)
+        if per_file and files:
+            what = f"{files} checkpoint(s) of ~{_size(per_file)} each"
+            needs.append((root, per_file * files, what))
+    if config.get("data.cache") == "disk":
+        from medft.data.datamodule import default_cache_dir
+
+        folder = config.get("data.cache_dir") or str(default_cache_dir())
+        needs.append((folder, _disk_cache_bytes(config, folder), "the disk cache"))
+
+    by_disk: dict[int, list[tuple[str, int, str]]] = {}
+    for folder, size, what in needs:
+        by_disk.setdefault(os.stat(_existing_parent(folder)).st_dev, []).append(
+            (folder, size, what)
+        )
+    for items in by_disk.values():
+        needed = sum(size for _, size, _ in items)
+        folders = " and ".join(dict.fromkeys(folder for folder, _, _ in items))
+        free = shutil.disk_usage(_existing_parent(items[0][0])).free
+        if free < needed:
+            parts = ", ".join(f"{what}: {_size(size)}" for _, size, what in items if size)
+            raise ConfigError(
+                f"not enough disk space for this run in {folders}: {_size(free)} free "
+                f"({free} bytes), about {_size(needed)} needed ({needed} bytes: {parts}); "
+                "free some space, choose another trainer.default_root_dir or data.cache_dir, "
+                "or keep fewer checkpoints (checkpoint.save_top_k)"
+            )
+
+
+def _checkpoint_bytes(config: Namespace) -> int:
+    """Approximate bytes of one training checkpoint (0 when the model is unknown)."""
+    import timm
+    import torch
+
+    labels = config.get("model.labels") or [None]
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated or downloaded
+            model = timm.create_model(
+                config.get("model.backbone"),
+                pretrained=False,
+                num_classes=len(labels),
+                in_chans=config.get("model.in_chans") or 3,
+            )
+    except Exception:  # an unknown name is reported, with suggestions, when the model is built
+        return 0
+    parameters = sum(p.numel() for p in model.parameters())
+    buffers = sum(b.numel() for b in model.buffers())
+    return 4 * (parameters * (1 + _OPTIMIZER_STATES) + buffers)
+
+
+def _checkpoint_files(config: Namespace) -> int:
+    """Checkpoint files on disk at once: kept top-k, ``last.ckpt``, one being written."""
+    if config.get("trainer.enable_checkpointing") is False:
+        return 0
+    epochs = config.get("trainer.max_epochs") or 10
+    epochs = epochs if epochs > 0 else 10
+    files = 0
+    for group in ("checkpoint", "last_checkpoint"):
+        top_k = config.get(f"{group}.save_top_k")
+        if top_k is None:
+            continue
+        files += epochs if top_k < 0 else top_k
+        files += 1 if config.get(f"{group}.save_last") else 0
+    return files + 1
+
+
+def _disk_cache_bytes(config: Namespace, folder: str) -> int:
+    """New bytes the disk cache may need: every manifest image, less what is cached."""
+    side = int(config.get("data.image_size") or 224)
+    item = _CACHE_ITEM_BYTES.get(config.get("data.cache_dtype") or "uint8", 2)
+    wanted = _manifest_rows(config.get("data.manifest")) * side * side * item
+    present = 0
+    if os.path.isdir(folder):
+        for parent, _, names in os.walk(folder):
+            present += sum(os.path.getsize(os.path.join(parent, n)) for n in names)
+    return max(0, wanted - present)
+
+
+def _manifest_rows(manifest: str | None) -> int:
+    """Images a manifest lists (CSV rows, or files of a ``CLASS/**/*`` folder)."""
+    if not manifest or not os.path.exists(manifest):
+        return 0
+    if os.path.isdir(manifest):
+        return sum(len(names) for _, _, names in os.walk(manifest))
+    with open(manifest, encoding="utf-8", errors="replace") as fh:
+        return max(0, sum(1 for line in fh if line.strip()) - 1)
+
+
+def _existing_parent(folder: str) -> str:
+    """The folder itself or its nearest existing ancestor (where it will be created)."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def _size(n: float) -> str:
+    """Bytes in a readable unit (KiB, MiB, GiB, TiB)."""
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB")
+    step = 0
+    while n >= 1024 and step < len(units) - 1:
+        n /= 1024
+        step += 1
+    return f"{n:.0f} bytes" if step == 0 else f"{n:.1f} {units[step]}"
 
 
 def run_lightning(

@@ -71,6 +71,7 @@ __all__ = [
     "SKIPPED_FILES_CSV",
     "SPLITS_CSV",
     "EpochSampler",
+    "ResumableDataLoader",
     "XrayDataModule",
     "default_cache_dir",
     "default_num_workers",
@@ -129,8 +130,15 @@ class EpochSampler(Sampler[tuple[int, int]]):
     epoch])``: a permutation (or, with ``weights``, a draw with replacement), and one
     32-bit seed per item for :class:`~medft.data.cache.XrayDataset`. The same seed and
     epoch give the same order and the same augmentations, whatever the number of
-    workers, and a resumed run picks up where it stopped (Lightning calls
-    :meth:`set_epoch` every epoch). Without ``set_epoch`` each pass advances the epoch.
+    workers. Lightning calls :meth:`set_epoch` every epoch; without it each pass
+    advances the epoch.
+
+    The position inside an epoch is resumable: :meth:`state_dict` names the next pass
+    (epoch and first item), :meth:`load_state_dict` restores it, and
+    :meth:`state_after` describes the pass in progress once ``n`` items of it were
+    consumed. :class:`ResumableDataLoader` counts the consumed batches and hands these
+    states to Lightning's checkpoints, so a run resumed from a mid-epoch checkpoint
+    sees exactly the rest of that epoch, with the same augmentation seeds.
 
     Args:
         size: Number of items in the dataset.
@@ -145,23 +153,121 @@ class EpochSampler(Sampler[tuple[int, int]]):
         if self.weights is not None and self.weights.shape != (self.size,):
             raise ValueError(f"weights must have shape ({self.size},), got {self.weights.shape}")
         self.epoch = 0
+        self.start = 0
+        """First item of the next pass (non-zero only after resuming mid-epoch)."""
+        self.passes = 0
+        """Passes begun so far (lets a loader tell whether its pass has started)."""
+        self._current: tuple[int, int] = (0, 0)
 
     def set_epoch(self, epoch: int) -> None:
-        """Pin the next pass to ``epoch``."""
+        """Pin the next pass to ``epoch`` (a resumed start is kept for the same epoch)."""
+        if int(epoch) != self.epoch:
+            self.start = 0
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
+        # The whole epoch, also when resuming: Lightning counts the batches it already
+        # saw before the checkpoint and stops the epoch when the total reaches len().
         return self.size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1
+        epoch, start = self.epoch, self.start
+        rng = np.random.default_rng([self.seed, epoch])
         if self.weights is None:
             order = rng.permutation(self.size)
         else:
             order = rng.choice(self.size, size=self.size, p=self.weights / self.weights.sum())
         seeds = rng.integers(0, 2**32, size=self.size, dtype=np.uint64)
-        return iter(list(zip(order.tolist(), seeds.tolist(), strict=True)))
+        self._current = (epoch, start)
+        self.passes += 1
+        self.epoch, self.start = epoch + 1, 0
+        pairs = zip(order.tolist(), seeds.tolist(), strict=True)
+        return iter(list(pairs)[start:])
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the next pass begins: ``epoch`` and ``start`` (plus ``seed`` and ``size``)."""
+        return {"seed": self.seed, "size": self.size, "epoch": self.epoch, "start": self.start}
+
+    def state_after(self, consumed: int) -> dict[str, int]:
+        """The state that resumes the latest pass after ``consumed`` more of its items.
+
+        A finished pass resumes at the start of the next epoch.
+        """
+        epoch, start = self._current
+        position = start + int(consumed)
+        if position >= self.size:
+            epoch, position = epoch + 1, 0
+        return {"seed": self.seed, "size": self.size, "epoch": epoch, "start": position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from :meth:`state_dict` / :meth:`state_after` of the same training data.
+
+        Raises:
+            ConfigError: The state belongs to another training set or seed, so the rest
+                of its epoch cannot be reproduced.
+        """
+        if int(state["size"]) != self.size or int(state["seed"]) != self.seed:
+            raise ConfigError(
+                f"the checkpoint's data order covers {state['size']} training images with seed "
+                f"{state['seed']}, this run has {self.size} with seed {self.seed}: resume with "
+                "the same manifest, split, bad-file outcome and seed_everything, or start a "
+                "new run from the checkpoint's weights"
+            )
+        self.epoch = int(state["epoch"])
+        self.start = int(state["start"])
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over an :class:`EpochSampler` whose position survives a checkpoint.
+
+    Lightning (2.x) stores ``state_dict()`` of every training loader that has one in the
+    checkpoint's loop state and calls ``load_state_dict()`` before it iterates again; it
+    skips nothing itself. (Lightning 2.6 drops that state on resume when the model asked
+    for ``trainer.estimated_stepping_batches``, as medft's LR schedule does; Lightning
+    issue #20550. :class:`XrayDataModule` therefore also carries the position in its own
+    ``state_dict``, which Lightning restores before building the loader.)
+
+    This loader counts the batches it handed out in the current pass (exactly the
+    batches the training loop consumed: Lightning does not prefetch from loaders with a
+    length, and worker prefetching happens before this count), and the sampler turns
+    that count into the next item to draw, so no image of the skipped part is decoded
+    again.
+    """
+
+    _yielded = 0
+    _passes_before = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = self._epoch_sampler()
+        self._passes_before = sampler.passes
+        self._yielded = 0
+        return self._counted(super().__iter__())
+
+    def _counted(self, batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's position after the batches consumed so far in this pass."""
+        sampler = self._epoch_sampler()
+        if sampler.passes > self._passes_before:  # this loader's pass has begun
+            done = self._yielded >= len(self)  # drop_last may leave a few items undrawn
+            consumed = sampler.size if done else self._yielded * int(self.batch_size or 1)
+            state = sampler.state_after(consumed)
+        else:
+            state = sampler.state_dict()
+        return {"sampler": state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next pass continue where the saved one stopped."""
+        self._epoch_sampler().load_state_dict(state["sampler"])
+
+    def _epoch_sampler(self) -> EpochSampler:
+        sampler = self.sampler
+        if not isinstance(sampler, EpochSampler):
+            raise TypeError(f"ResumableDataLoader needs an EpochSampler, got {type(sampler)}")
+        return sampler
 
 
 class XrayDataModule(L.LightningDataModule):
@@ -325,6 +431,8 @@ class XrayDataModule(L.LightningDataModule):
         self._cache: DecodeCache | None = None
         self._bad_rows: set[int] = set()
         self._decoded_parts: set[str] = set()
+        self._train_loader: DataLoader | None = None
+        self._resume_order: dict[str, int] | None = None
 
     # ------------------------------------------------------------- properties
     @property
@@ -412,7 +520,17 @@ class XrayDataModule(L.LightningDataModule):
         dataset = self._dataset(rows, train=True)
         weights = self._sample_weights(rows) if self.weighted_sampler else None
         sampler = EpochSampler(len(rows), seed=self._order_seed(), weights=weights)
-        return self._loader(dataset, sampler=sampler, drop_last=len(rows) > self.batch_size)
+        if self._resume_order is not None:  # restored from a (mid-epoch) checkpoint
+            sampler.load_state_dict(self._resume_order)
+            self._resume_order = None
+        loader = self._loader(
+            dataset,
+            sampler=sampler,
+            drop_last=len(rows) > self.batch_size,
+            loader_class=ResumableDataLoader,
+        )
+        self._train_loader = loader
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._dataset(self._rows("val"), train=False))
@@ -423,6 +541,22 @@ class XrayDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         part = "all" if self.predict_split == "all" else "test"
         return self._loader(self._dataset(self._rows(part), train=False))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training data order's position (epoch, next item) for checkpoints.
+
+        Lightning saves this in every checkpoint and hands it to :meth:`load_state_dict`
+        before it asks for the training loader, so a run resumed from a mid-epoch
+        checkpoint draws exactly the rest of the interrupted epoch.
+        """
+        if isinstance(self._train_loader, ResumableDataLoader):
+            return {"train_order": self._train_loader.state_dict()["sampler"]}
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the training order saved by :meth:`state_dict` (applied to the next loader)."""
+        order = state_dict.get("train_order")
+        self._resume_order = dict(order) if order else None
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Record files dropped mid-epoch (``cache="none"``) and remove them from the batch."""
@@ -438,6 +572,11 @@ class XrayDataModule(L.LightningDataModule):
             )
             table = self._manifest.table
             self._label_matrix = table[self._manifest.labels].to_numpy(dtype=np.float32)
+            if self.requested_labels is None:
+                # The model gets the resolved labels (CLI link); the saved and logged
+                # hyper-parameters must agree, or Lightning refuses to log them ("Error
+                # while merging hparams"). Saving again updates both copies.
+                self.save_hyperparameters({**self.hparams, "labels": list(self._manifest.labels)})
         return self._manifest
 
     def _get_split(self) -> np.ndarray:
@@ -592,10 +731,22 @@ class XrayDataModule(L.LightningDataModule):
         )
 
     def _loader(
-        self, dataset: XrayDataset, *, sampler: Sampler | None = None, drop_last: bool = False
+        self,
+        dataset: XrayDataset,
+        *,
+        sampler: Sampler | None = None,
+        drop_last: bool = False,
+        loader_class: type[DataLoader] = DataLoader,
     ) -> DataLoader:
+        """A loader with its own generator: starting a pass draws a base seed for the
+        workers, which must not come from the global torch RNG (dropout). Otherwise a run
+        resumed mid-epoch, whose passes start at other points relative to the restored
+        RNG state (and whose persistent workers draw at a different first validation),
+        would draw different dropout masks. Augmentation seeds come from the sampler.
+        """
         workers = self.num_workers
-        return DataLoader(
+        generator = torch.Generator().manual_seed(self._order_seed())
+        return loader_class(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
@@ -605,6 +756,7 @@ class XrayDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             drop_last=drop_last,
             collate_fn=XrayCollate(self.image_size, self.num_labels),
+            generator=generator,
         )
 
     def _sample_weights(self, rows: np.ndarray) -> np.ndarray:

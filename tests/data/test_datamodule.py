@@ -247,6 +247,57 @@ def test_epoch_sampler_is_seeded_and_weighted() -> None:
     assert {i for i, _ in EpochSampler(10, seed=1, weights=weights)} == {0}
 
 
+def test_epoch_sampler_resumes_inside_an_epoch() -> None:
+    reference = EpochSampler(10, seed=3)
+    reference.set_epoch(2)
+    whole = list(reference)
+    resumed = EpochSampler(10, seed=3)
+    resumed.load_state_dict({"seed": 3, "size": 10, "epoch": 2, "start": 4})
+    resumed.set_epoch(2)  # Lightning pins the epoch again: the start is kept
+    assert list(resumed) == whole[4:]
+    assert resumed.state_dict() == {"seed": 3, "size": 10, "epoch": 3, "start": 0}
+    assert resumed.state_after(6)["epoch"] == 3  # a finished pass resumes at the next epoch
+    with pytest.raises(ConfigError, match="11 training images"):
+        resumed.load_state_dict({"seed": 3, "size": 11, "epoch": 0, "start": 0})
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_train_loader_resumes_mid_epoch_with_the_same_batches(
+    manifest: Path, tmp_path: Path, workers: int
+) -> None:
+    """A loader restored from a mid-epoch state yields exactly the rest of that epoch."""
+    from lightning.fabric.utilities.types import _Stateful
+
+    def loader(name: str) -> torch.utils.data.DataLoader:
+        dm = _module(manifest, tmp_path / name, num_workers=workers, cache="none")
+        dm.setup("fit")
+        return dm.train_dataloader()
+
+    reference = loader("reference")
+    assert isinstance(reference, _Stateful)  # what Lightning checks before saving a state
+    reference.sampler.set_epoch(1)
+    expected = list(reference)
+    assert len(expected) == len(reference) >= 3
+
+    interrupted = loader("interrupted")
+    interrupted.sampler.set_epoch(1)
+    batches = iter(interrupted)
+    seen = [next(batches), next(batches)]
+    state = interrupted.state_dict()
+    del batches
+
+    resumed = loader("resumed")
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(1)
+    rest = list(resumed)
+    assert len(rest) == len(expected) - len(seen)
+    for got, want in zip(seen + rest, expected, strict=True):
+        assert got["path"] == want["path"]
+        assert torch.equal(got["image"], want["image"])  # same augmentation seeds
+    after_epoch = resumed.state_dict()["sampler"]
+    assert (after_epoch["epoch"], after_epoch["start"]) == (2, 0)
+
+
 def test_pos_weight_on_a_hand_made_split(tmp_path: Path) -> None:
     root = tmp_path / "data"
     root.mkdir()
@@ -347,6 +398,16 @@ def test_hparams_and_summary_are_safe_to_save(manifest: Path, tmp_path: Path) ->
     assert loaded["hparams"]["image_size"] == SIZE
     text = json.dumps(loaded["summary"])
     assert "PID-" not in text
+
+
+def test_inferred_labels_are_saved_as_the_model_gets_them(manifest: Path, tmp_path: Path) -> None:
+    """Lightning refuses to log a model and datamodule whose ``labels`` hparams differ."""
+    dm = _module(manifest, tmp_path, labels=None)
+    assert dm.hparams["labels"] is None
+    assert dm.labels == ["abnormal", "effusion"]  # what the CLI links into model.labels
+    assert dm.hparams["labels"] == ["abnormal", "effusion"]
+    assert dm.hparams_initial["labels"] == ["abnormal", "effusion"]  # what Lightning logs
+    assert dm.hparams["image_size"] == SIZE  # the other values are kept
 
 
 class _TinyModel(L.LightningModule):
