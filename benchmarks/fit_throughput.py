@@ -172,7 +172,10 @@ def train_batches(datamodule: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def measure_phase(manifest: Path, work: Path, cfg: FitConfig, freeze: str) -> BenchResult:
     """medft fit vs the reference loop for one freezing mode, epochs interleaved."""
+    # The feature cache would skip the backbone after epoch 1; fit/frozen compares the
+    # no_grad forward like for like, and benchmarks/freezing.py measures the cache.
     cli = build_fit(manifest, work / f"run-{freeze}", cfg, "--model.freeze", freeze,
+                    "--model.feature_cache", "off",
                     "--trainer.max_epochs", str(cfg.repeats + 1))  # fmt: skip
     reference = ReferenceLoop(cfg.backbone, frozen=freeze == "linear_probe")
     reference_seconds: list[float] = []

@@ -6,29 +6,50 @@
    ``freeze="full"``, interleaved on the same random batch. Ratio = frozen / full
    images/s; target >= 3. Random weights: the speed does not depend on them.
 2. Linear probe on cached backbone features against a linear probe that runs the frozen
-   backbone every epoch. medft has no cached-features path yet, so this row measures
-   the reference ratio with plain code (features pooled once, then head-only epochs)
-   and is marked "not implemented": it says what the fast path would gain.
+   backbone every epoch, both through ``medft fit`` (``run_lightning`` with
+   ``freeze=linear_probe``, ``feature_cache=on``, memory decode cache, augmentation and
+   validation off). Epoch 0 fills the feature cache and is excluded; after it the cache
+   is switched off in odd epochs and on in even ones (same fit, same loader and hooks),
+   and each epoch is timed from its start hook to its end hook. Ratio = images/s of a
+   cached epoch / images/s of an epoch that runs the backbone; target >= 20.
 
     python benchmarks/freezing.py [--quick] [--out DIR]
 """
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
 import torch
-import torch.nn.functional as F
 
 from medft.bench import (
     BenchResult,
     Target,
+    Timing,
+    load_script,
     rate_result,
     standalone_main,
     time_interleaved,
 )
 from medft.model.module import XrayClassifier
 
-QUICK = {"backbones": ("test_efficientnet", "test_resnet"), "size": 64, "batch": 8, "repeats": 3}
-FULL = {"backbones": ("tf_efficientnet_lite0", "resnet50"), "size": 224, "batch": 8, "repeats": 3}
+QUICK = {
+    "backbones": ("test_efficientnet", "test_resnet"),
+    "size": 64,
+    "batch": 8,
+    "repeats": 3,
+    "patients": 40,
+}
+FULL = {
+    "backbones": ("tf_efficientnet_lite0", "resnet50"),
+    "size": 224,
+    "batch": 8,
+    "repeats": 3,
+    "patients": 96,
+}
 
 
 def classifier(backbone: str, freeze: str) -> XrayClassifier:
@@ -72,45 +93,49 @@ def frozen_vs_full(backbone: str, size: int, batch: int, repeats: int) -> BenchR
     )
 
 
-def cached_features(backbone: str, size: int, batch: int, repeats: int) -> BenchResult:
-    """Head-only epoch on cached pooled features vs an epoch that runs the backbone."""
-    module = classifier(backbone, "linear_probe")
-    batches = [
-        (torch.rand(batch, 1, size, size), torch.randint(0, 2, (batch, 1)).float())
-        for _ in range(4)
-    ]
-    model = module.model
-    head = model.get_classifier()
-    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3)
-    with torch.no_grad():
-        pooled = [
-            (model.forward_head(model.forward_features(module.normalize(x)), pre_logits=True), y)
-            for x, y in batches
-        ]
+class CacheAlternator(L.Callback):
+    """Fills the feature cache in epoch 0, then turns it off in odd and on in even epochs.
 
-    def head_step(logits: torch.Tensor, y: torch.Tensor) -> None:
-        loss = F.binary_cross_entropy_with_logits(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    Off is exactly the state ``model.feature_cache=off`` leaves (the plain frozen path
+    that runs the backbone under ``no_grad``); the entries stay, so an even epoch finds
+    the cache warm. Alternating inside one fit gives both sides the same loader, steps,
+    hooks and machine load.
+    """
 
-    def backbone_epoch() -> None:
-        for x, y in batches:
-            head_step(module._forward_train(x), y)
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        module.feature_cache.active = epoch == 0 or epoch % 2 == 0
 
-    def cached_epoch() -> None:
-        for features, y in pooled:
-            head_step(head(features), y)
 
-    epochs = {"cached": cached_epoch, "backbone": backbone_epoch}
-    timings = time_interleaved(epochs, repeats=repeats)
+def cached_features(cfg: dict[str, Any], work: Path) -> BenchResult:
+    """``medft fit`` linear-probe epochs with the feature cache warm vs with it off."""
+    fit = load_script("fit_throughput")
+    size, batch, repeats = cfg["size"], cfg["batch"], cfg["repeats"]
+    manifest = fit.synth_manifest(work, cfg["patients"], max(64, size))
+    fit_cfg = fit.FitConfig(cfg["backbones"][0], size, batch, cfg["patients"], size, repeats)
+    # Every image trains (no val/test part; a multiple of the batch size, so no batch is
+    # dropped): epoch 0 caches every row and the cached epochs never run the backbone.
+    cli = fit.build_fit(manifest, work / "run-cached", fit_cfg, "--model.freeze", "linear_probe",
+                        "--model.feature_cache", "on",
+                        "--data.val_fraction", "0", "--data.test_fraction", "0",
+                        "--trainer.max_epochs", str(1 + 2 * repeats))  # fmt: skip
+    clock = fit.EpochClock()
+    cli.trainer.callbacks.extend([CacheAlternator(), clock])
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    images = clock.images[1]
     return rate_result(
-        f"freeze/cached_features/{backbone}",
-        timings["cached"],
-        timings["backbone"],
-        items=batch * len(batches),
+        f"freeze/cached_features/{fit_cfg.backbone}",
+        Timing(clock.epoch_seconds[2::2]),
+        Timing(clock.epoch_seconds[1::2]),
+        items=images,
         target=Target(20.0),
-        note="plain-code reference ratio: medft has no cached-features linear probe yet",
+        note=f"medft fit linear_probe epoch, feature cache warm vs off, {size}px batch {batch}, "
+        f"{images} img/epoch",
+        backbone=fit_cfg.backbone,
+        image_size=size,
+        batch_size=batch,
+        cached_rows=len(cli.model.feature_cache.store),
+        cache_bytes=cli.model.feature_cache.store.nbytes,
     )
 
 
@@ -118,9 +143,8 @@ def run(quick: bool) -> list[BenchResult]:
     cfg = QUICK if quick else FULL
     args = (cfg["size"], cfg["batch"], cfg["repeats"])
     results = [frozen_vs_full(name, *args) for name in cfg["backbones"]]
-    probe = cached_features(cfg["backbones"][0], *args)
-    probe.implemented = False
-    results.append(probe)
+    with tempfile.TemporaryDirectory(prefix="medft-bench-freeze-") as tmp:
+        results.append(cached_features(cfg, Path(tmp)))
     return results
 
 
