@@ -6,7 +6,8 @@ demo reuse the measuring code of ``decode.py``, ``saliency_latency.py`` and
 ``demo_latency.py`` and only turn their rows into ratio results here.
 
     python benchmarks/run_all.py --out DIR [--quick] [--only NAME ...] [--threads N]
-    (the same as ``medft bench``)
+    python benchmarks/run_all.py --out DIR --scale [--scale-sizes 1000 4000 16000] [--keep]
+    (the same as ``medft bench``; ``--scale`` runs ``scale.py`` alone, outside the timed run)
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from medft.bench import BenchFn, BenchResult, Target, load_script, rate_result, run_benchmarks
+from medft.bench import (
+    BenchFn,
+    BenchResult,
+    Target,
+    load_script,
+    rate_result,
+    run_benchmarks,
+    run_scale_benchmark,
+)
 from medft.bench import time_interleaved as interleaved
 
 
@@ -152,7 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run (tiny sizes)")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="subset to run")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--scale", action="store_true", help="run the scale benchmark instead")
+    parser.add_argument("--scale-sizes", type=int, nargs="+", help="image counts for --scale")
+    parser.add_argument("--keep", action="store_true", help="--scale: keep the synthetic data")
     args = parser.parse_args(argv)
+    if args.scale:
+        run_scale_benchmark(args.out, sizes=args.scale_sizes, keep=args.keep)
+        return 0
     run_benchmarks(args.out, quick=args.quick, only=args.only, threads=args.threads)
     return 0
 

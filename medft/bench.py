@@ -299,6 +299,37 @@ def run_benchmarks(
     return results
 
 
+def run_scale_benchmark(
+    out: str | os.PathLike[str],
+    *,
+    sizes: Sequence[int] | None = None,
+    keep: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> list[BenchResult]:
+    """The scale benchmark (``medft bench --scale``): pipeline time and peak RSS vs data size.
+
+    Kept out of the 20-minute :func:`run_benchmarks` run: synthesizing and decoding 16k
+    images takes far longer on a small box. See ``benchmarks/scale.py``.
+
+    Args:
+        out: Folder for ``bench.json`` and, while it runs, the synthetic data.
+        sizes: Numbers of images (default 1000, 4000, 16000).
+        keep: Keep the synthetic data and decode caches instead of deleting them.
+        echo: Where progress lines and the tables go (default: stdout, flushed).
+
+    Returns:
+        The result rows (also written to ``out/bench.json``).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    script = load_script("scale")
+    return script.run_scale(
+        out,
+        script.DEFAULT_SIZES if sizes is None else sizes,
+        keep=keep,
+        echo=echo or functools.partial(print, flush=True),
+    )
+
+
 def standalone_main(
     run: Callable[[bool], list[BenchResult]], description: str, argv: list[str] | None = None
 ) -> int:

@@ -158,8 +158,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from medft.bench import run_benchmarks
+    from medft.bench import run_benchmarks, run_scale_benchmark
 
+    if args.scale:
+        run_scale_benchmark(args.out, sizes=args.scale_sizes, keep=args.keep)
+        return 0
     run_benchmarks(args.out, quick=args.quick, only=args.only, threads=args.threads)
     return 0
 
@@ -363,6 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke run with tiny sizes (minutes)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="benchmarks to run (default: all)")
     p.add_argument("--threads", type=int, help="torch threads (1 is steadier on a shared box)")
+    p.add_argument(
+        "--scale",
+        action="store_true",
+        help="instead: data-pipeline epoch time and peak RSS at growing sizes (tens of minutes)",
+    )
+    p.add_argument(
+        "--scale-sizes",
+        type=int,
+        nargs="+",
+        default=[1000, 4000, 16000],
+        metavar="N",
+        help="numbers of synthetic images for --scale (default: 1000 4000 16000)",
+    )
+    p.add_argument("--keep", action="store_true", help="--scale: keep the synthetic data")
     p.set_defaults(handler=_cmd_bench)
 
     for name in LIGHTNING_COMMANDS:

@@ -102,3 +102,95 @@ def test_cli_bench_runs_a_real_quick_benchmark(tmp_path: Path, capsys) -> None:
     names = [row["name"] for row in json.loads((tmp_path / "bench.json").read_text())]
     assert names == ["inference/predict", "inference/channels_last", "inference/bf16_autocast"]
     assert "inference/predict" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- --scale
+
+
+def _size_result(script, n: int, cpu1: float, cpu2: float, rss: float):
+    return script.SizeResult(
+        n_images=n, epoch1_wall_s=2 * cpu1, epoch1_cpu_s=cpu1, epoch2_wall_s=2 * cpu2,
+        epoch2_cpu_s=cpu2, peak_rss_mb=rss, peak_rss_self_mb=rss, maxrss_self_mb=rss,
+        num_workers=1, data_mb=n * 128 * 128 / 2**20,
+    )  # fmt: skip
+
+
+def test_cli_bench_scale_passes_sizes_and_keep(tmp_path: Path, monkeypatch) -> None:
+    import medft.bench
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(
+        medft.bench, "run_scale_benchmark", lambda out, **kw: calls.append((out, kw)) or []
+    )
+    assert cli_main(["bench", "--out", str(tmp_path), "--scale", "--scale-sizes", "64",
+                     "128", "--keep"]) == 0  # fmt: skip
+    assert calls == [(tmp_path, {"sizes": [64, 128], "keep": True})]
+    calls.clear()
+    assert cli_main(["bench", "--out", str(tmp_path), "--scale"]) == 0
+    assert calls[0][1] == {"sizes": [1000, 4000, 16000], "keep": False}
+
+
+def test_scale_rows_judge_cpu_per_image_and_rss_growth() -> None:
+    from medft.bench import load_script
+
+    script = load_script("scale")
+    sizes = [
+        _size_result(script, 1000, 10.0, 5.0, 1000.0),
+        _size_result(script, 4000, 44.0, 26.0, 1010.0),  # 1.10x and 1.30x per image
+    ]
+    rows = {r.name: r for r in script.results_from_sizes(sizes, synth_s=1.0)}
+    assert rows["scale/epoch1_cpu_1000"].met is None  # the baseline has no target
+    assert rows["scale/epoch1_cpu_4000"].ratio == pytest.approx(1.10)
+    assert rows["scale/epoch1_cpu_4000"].met is True
+    assert rows["scale/epoch2_cpu_4000"].ratio == pytest.approx(1.30)
+    assert rows["scale/epoch2_cpu_4000"].met is False
+    growth = rows["scale/rss_growth_1000_to_4000"]
+    assert growth.medft == pytest.approx(10.0)
+    assert growth.reference == pytest.approx(3000 * 128 * 128 / 2**20)
+    assert growth.met is True
+    assert "4000" in script.size_table(sizes) and "1.30" in script.size_table(sizes)
+
+
+def test_scale_meter_sees_cpu_and_memory_of_children(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from medft.bench import load_script
+
+    script = load_script("scale")
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs Linux /proc")
+    burn = "import sys, time\nx = bytearray(64 * 2**20)\nt = time.process_time()\n"
+    burn += "while time.process_time() - t < 0.3: pass\nprint('ready', flush=True)\n"
+    burn += "sys.stdin.read()\n"  # stays alive (and resident) until the test closes stdin
+    with script.ProcessMeter(interval=0.02) as meter:
+        before = meter.cpu_seconds()
+        child = subprocess.Popen(
+            [sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdout.readline().strip() == "ready"
+        meter.sample()
+        live = meter.cpu_seconds() - before  # the child is still running
+        child.communicate("")
+    assert live >= 0.25
+    assert meter.peak_total - meter.peak_self >= 60 * 2**20  # the child's 64 MB buffer
+
+
+def test_scale_refuses_sizes_below_two_batches(tmp_path: Path) -> None:
+    from medft.bench import load_script
+
+    with pytest.raises(ConfigError, match="scale-sizes"):
+        load_script("scale").run_scale(tmp_path, [10])
+
+
+@pytest.mark.slow
+def test_scale_end_to_end_small(tmp_path: Path) -> None:
+    """Two tiny sizes through synth, the disk cache and the real loader (a few minutes)."""
+    from medft.bench import run_scale_benchmark
+
+    results = run_scale_benchmark(tmp_path, sizes=[64, 96], echo=lambda line: None)
+    names = [r.name for r in results]
+    assert "scale/epoch2_cpu_96" in names and "scale/rss_growth_64_to_96" in names
+    assert all(r.medft > 0 for r in results if "cpu" in r.name)
+    assert json.loads((tmp_path / "bench.json").read_text())[0]["name"] == names[0]
+    assert not list(tmp_path.glob("scale-*"))  # synthetic data deleted
