@@ -136,6 +136,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: half the cores)"
     )
+    parser.add_argument(
+        "--cache-mb",
+        type=int,
+        default=DemoSettings.cache_mb,
+        help="memory for analysed cases (decoded images, maps), oldest dropped first (default 512)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> DemoSettings:
@@ -151,4 +157,5 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         examples=args.examples,
         quickstart_dir=args.quickstart_dir,
         threads=args.threads,
+        cache_mb=args.cache_mb,
     )

@@ -97,7 +97,7 @@ class ReviewPage:
         self.service = service
         self.examples = list(examples)
         self.card = card
-        self.inbox = UploadInbox(upload_dir, service.max_bytes)
+        self.inbox = UploadInbox(upload_dir, service.max_bytes, budget_bytes=inbox_budget(service))
         self.views_dir = Path(upload_dir) / "views"
         self.downloads_dir = Path(downloads_dir)
         self.title = title
@@ -539,6 +539,17 @@ class ReviewPage:
         _prune(self.downloads_dir, DOWNLOAD_MAX_AGE_S)
         folder = self.downloads_dir / secrets.token_hex(8)
         return str(write_predictions_csv(folder / "predictions.csv", entries, self.service.labels))
+
+
+def inbox_budget(service: InferenceService) -> int:
+    """Memory for recently read uploads: a quarter of the case cache, at least one file.
+
+    Under load most uploads are new content, so whatever the inbox keeps for its five
+    minutes is memory on top of the case cache: with a fixed 256 MB it was the main
+    growth of the server's RSS in the load test (benchmarks/demo_load.py). Tying it to
+    ``cache_mb`` keeps the demo's memory within the one budget the operator sets.
+    """
+    return max(service.max_bytes, service.cache_bytes // 4)
 
 
 class _NoCase(MedftError):
