@@ -9,7 +9,7 @@ the evidence (:func:`deletion_score`). See docs/saliency.md.
 from __future__ import annotations
 
 from medft.explain.checks import deletion_score, parameter_groups, randomisation_check
-from medft.explain.overlay import DisplayNorm, grid_image, render_overlay
+from medft.explain.overlay import DisplayNorm, grid_figure, grid_image, render_overlay
 from medft.explain.saliency import (
     METHOD_UNITS,
     METHODS,
@@ -33,6 +33,7 @@ __all__ = [
     "deletion_score",
     "explain",
     "find_backbone",
+    "grid_figure",
     "grid_image",
     "model_probabilities",
     "parameter_groups",

@@ -15,12 +15,15 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from medft.errors import ConfigError
 from medft.explain.saliency import SaliencyResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 NormMode = Literal["probability", "percentile", "fixed"]
 Colormap = Literal["jet", "inferno", "magma", "viridis", "turbo", "hot"]
@@ -169,6 +172,18 @@ def grid_image(
     image: np.ndarray,
     results: Sequence[SaliencyResult],
     normalization: DisplayNorm,
+    **options: Any,
+) -> np.ndarray:
+    """:func:`grid_figure` rendered to a uint8 RGB array (what ``medft explain`` saves)."""
+    figure = grid_figure(image, results, normalization, **options)
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+
+
+def grid_figure(
+    image: np.ndarray,
+    results: Sequence[SaliencyResult],
+    normalization: DisplayNorm,
     *,
     captions: Sequence[str] | None = None,
     alpha: float = 0.4,
@@ -176,13 +191,14 @@ def grid_image(
     columns: int = 4,
     panel_inches: float = 3.0,
     dpi: int = 100,
-) -> np.ndarray:
-    """One figure per image: the radiograph, then one overlay per finding; uint8 RGB.
+) -> Figure:
+    """One matplotlib figure per image: the radiograph, then one overlay per finding.
 
     Each panel is titled with the finding, its probability and the method, plus that
     finding's line of ``captions`` if given (e.g. the call at the operating point); the
     normalisation's :meth:`~DisplayNorm.describe` sentence is printed underneath, next to a
-    colour bar from 0 to full colour.
+    colour bar from 0 to full colour. Save it as PDF or SVG for a paper with
+    ``figure.savefig(path)``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
@@ -203,7 +219,9 @@ def grid_image(
     figure = Figure(
         figsize=(panel_inches * ncols, panel_inches * aspect * nrows + 1.3),
         dpi=dpi,
-        layout="constrained",
+        # "compressed" is the layout for fixed-aspect images: "constrained" let multi-line
+        # titles run off the top edge once the colour bar's caption took its space.
+        layout="compressed",
     )
     FigureCanvasAgg(figure)
     axes = figure.subplots(nrows, ncols, squeeze=False)
@@ -228,8 +246,7 @@ def grid_image(
     bar.set_ticks([0, 1], labels=["0", "full colour"])
     width_chars = int(panel_inches * ncols * 14)
     bar.set_label(textwrap.fill(normalization.describe(), width_chars), fontsize=8)
-    figure.canvas.draw()
-    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    return figure
 
 
 def _gray(image: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 
 from medft.data.geometry import plan_fit
 from medft.errors import ConfigError
-from medft.explain.overlay import DisplayNorm, grid_image, render_overlay
+from medft.explain.overlay import DisplayNorm, grid_figure, grid_image, render_overlay
 from medft.explain.saliency import SaliencyResult
 
 SHAPE = (60, 40)
@@ -124,3 +124,17 @@ def test_grid_image_has_one_panel_per_finding_plus_the_image():
     assert captioned.shape == two.shape and not np.array_equal(captioned, two)  # captions drawn
     with pytest.raises(ConfigError, match="1 captions for 2 results"):
         grid_image(gray(), results, norm, captions=["only one"])
+
+
+def test_grid_titles_stay_inside_the_figure_with_captions():
+    """Three-line titles (finding, probability, caption) above tall images must not be clipped."""
+    results = [result("effusion", 0.9, blob()), result("nodule", 0.1, blob(0.3))]
+    norm = DisplayNorm.shared(results)  # its two-line sentence under the colour bar
+    figure = grid_figure(gray(), results, norm, captions=["positive at 0.55", "negative at 0.55"])
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    titled = [ax for ax in figure.axes if ax.get_title()]
+    assert len(titled) == 3
+    for ax in titled:
+        box = ax.title.get_window_extent(renderer)
+        assert box.y0 >= 0 and box.y1 <= figure.bbox.height, ax.get_title()
