@@ -1,0 +1,64 @@
+"""Every script in examples/ runs with ``--smoke`` (tiny model, tiny synthetic data, one epoch).
+
+Each one runs in its own subprocess, as a user would run it, so the docs' examples never drift
+from the code. The runs take a minute or more each on a 2-core CPU, hence ``slow``.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SCRIPTS = sorted(EXAMPLES.glob("*.py"))
+
+#: What each example must leave under its --out folder (glob patterns).
+OUTPUTS = {
+    "cv_study.py": ["study/summary.json", "study/oof_predictions.csv", "study/report.html"],
+    "custom_backbone.py": ["stages.json", "run/checkpoints/last.ckpt"],
+    "custom_schedule.py": ["plan.json", "run/**/*.ckpt"],
+}
+
+
+def test_every_example_is_covered_and_has_a_smoke_flag() -> None:
+    assert SCRIPTS, "examples/ is empty"
+    for script in SCRIPTS:
+        assert script.name in OUTPUTS, f"add the outputs of {script.name} to OUTPUTS"
+        tree = ast.parse(script.read_text(encoding="utf-8"))
+        assert ast.get_docstring(tree), f"{script.name} needs a docstring saying how to run it"
+        flags = [
+            node.args[0].value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and getattr(node.func, "attr", "") == "add_argument"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ]
+        assert {"--smoke", "--out"} <= set(flags), f"{script.name}: needs --smoke and --out"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
+def test_example_runs_with_smoke(script: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(script), "--out", str(out), "--smoke"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, f"{script.name} failed:\n{done.stderr[-3000:]}"
+    for pattern in OUTPUTS[script.name]:
+        assert list(out.glob(pattern)), f"{script.name} wrote no {pattern} in {seconds:.0f} s"
+    print(f"{script.name}: {seconds:.0f} s")
