@@ -48,7 +48,7 @@ from medft.eval.evaluate import table_metrics, write_table
 from medft.eval.metrics import auroc, delong_test, paired_bootstrap, roc_band
 from medft.eval.predict import predict_manifest, prob_column, skipped_table
 from medft.eval.report import NOTICE, cv_report
-from medft.eval.subgroups import subgroup_metrics
+from medft.eval.subgroups import gap_warnings, subgroup_metrics
 
 __all__ = [
     "FoldId",
@@ -687,6 +687,7 @@ def aggregate(out: str | Path, *, n_boot: int | None = None, seed: int | None = 
     }
     if study["by"]:
         summary["subgroups"] = _pooled_subgroups(first, labels, study["by"], n_boot, seed)
+        summary["warnings"] += gap_warnings(summary["subgroups"])
     warning = _saved_audit_warning(out)
     if warning:
         summary["audit"] = {"warning": warning, "report": f"{AUDIT_DIR}/audit.html"}

@@ -40,7 +40,7 @@ from medft.eval.predict import (
     skipped_table,
 )
 from medft.eval.report import NOTICE, evaluation_report
-from medft.eval.subgroups import subgroup_metrics
+from medft.eval.subgroups import gap_warnings, subgroup_metrics
 
 __all__ = [
     "LEVELS",
@@ -200,14 +200,7 @@ def _warnings(metrics: Mapping[str, Any], n_boot: int, meta: Mapping[str, Any]) 
                 f"Only {entry['n_boot_valid']} of {n_boot} bootstrap resamples had both "
                 f"classes for {label!r}: too few positive patients for a reliable interval."
             )
-    largest = (metrics.get("subgroups") or {}).get("largest_gap")
-    if largest and largest.get("gap_ci_low") is not None and largest["gap_ci_low"] > 0:
-        out.append(
-            f"Subgroup gap: AUROC for {largest['label']!r} differs by "
-            f"{largest['auroc_gap']:.3f} between {largest['attribute']}="
-            f"{largest['best_subgroup']!r} and {largest['worst_subgroup']!r} (interval "
-            "excludes 0)."
-        )
+    out += gap_warnings(metrics.get("subgroups"))
     return out
 
 

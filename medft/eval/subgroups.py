@@ -255,4 +255,25 @@ def _gaps(
     return gaps
 
 
-__all__ = ["MISSING", "SubgroupReport", "subgroup_metrics"]
+def gap_warnings(subgroups: Mapping[str, Any] | None) -> list[str]:
+    """One sentence per subgroup AUROC gap whose interval excludes 0 (largest first).
+
+    ``subgroups`` is :meth:`SubgroupReport.to_dict` output (or ``None``); ``evaluate`` and
+    ``cv`` both put these sentences among their warnings, so a report never shows a real
+    gap only in a table.
+    """
+    out = []
+    for gap in (subgroups or {}).get("gaps", []):
+        low = gap.get("gap_ci_low")
+        if low is None or not math.isfinite(low) or low <= 0:
+            continue
+        out.append(
+            f"Subgroup gap: AUROC for {gap['label']!r} differs by {gap['auroc_gap']:.3f} "
+            f"between {gap['attribute']}={gap['best_subgroup']!r} and "
+            f"{gap['worst_subgroup']!r} (interval {low:.3f} to {gap['gap_ci_high']:.3f}, "
+            "excludes 0)."
+        )
+    return out
+
+
+__all__ = ["MISSING", "SubgroupReport", "gap_warnings", "subgroup_metrics"]

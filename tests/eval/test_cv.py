@@ -3,6 +3,7 @@ a 5-fold study end to end and a SIGKILL mid-fold resumed with --resume (the last
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import signal
@@ -171,6 +172,22 @@ def test_summary_equals_a_recomputation_from_oof_predictions(study: Path) -> Non
     assert set(on_disk["subgroups"]["by"]["view"]["Effusion"]) == {"AP", "PA"}
     page = (study / "report.html").read_text()
     assert "repeat 0 fold 2" in page and "data:image/png;base64," in page
+
+
+def test_a_real_subgroup_gap_is_a_summary_warning(study: Path) -> None:
+    assert not [w for w in cv.aggregate(study)["warnings"] if w.startswith("Subgroup gap")]
+    # Plant a gap: perfect ranking on PA images, reversed ranking on AP images.
+    for predictions in study.glob("**/predictions.csv"):
+        table = pd.read_csv(predictions)
+        flip = np.where(table["view"] == "AP", -1.0, 1.0)
+        for label in LABELS:
+            table[f"prob_{label}"] = 0.5 + 0.3 * flip * (2 * table[label] - 1)
+        table.to_csv(predictions, index=False)
+    summary = cv.aggregate(study)
+    gaps = [w for w in summary["warnings"] if w.startswith("Subgroup gap")]
+    assert len(gaps) == len(LABELS)
+    assert all("view='PA' and 'AP'" in w and "excludes 0" in w for w in gaps)
+    assert html.escape(gaps[0]) in (study / "report.html").read_text()
 
 
 def test_aggregate_names_missing_folds(study: Path, capsys: pytest.CaptureFixture[str]) -> None:

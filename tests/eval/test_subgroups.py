@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from medft._io import write_json
 from medft.errors import ConfigError, DataError
 from medft.eval.metrics import bootstrap_counts, patient_codes
-from medft.eval.subgroups import subgroup_metrics
+from medft.eval.subgroups import gap_warnings, subgroup_metrics
 
 
 def _hand_table() -> pd.DataFrame:
@@ -158,3 +158,13 @@ def test_missing_columns_and_empty_by_raise() -> None:
     custom = table.rename(columns={"prob_Effusion": "Effusion_p"})
     ok = subgroup_metrics(custom, ["sex"], ["Effusion"], prob_column="{label}_p", n_boot=0)
     assert math.isnan(ok.table.auroc_ci_low.iloc[0]) and ok.table.auroc.iloc[0] > 0
+
+
+def test_gap_warnings_name_every_gap_whose_interval_excludes_zero() -> None:
+    rng = np.random.default_rng(0)
+    planted = subgroup_metrics(_synthetic(rng, 400, gap=True), ["site"], ["Effusion"], n_boot=200)
+    (warning,) = gap_warnings(planted.to_dict())
+    assert "'Effusion'" in warning and "site=" in warning and "'south'" in warning
+    none = subgroup_metrics(_synthetic(rng, 400, gap=False), ["site"], ["Effusion"], n_boot=200)
+    assert gap_warnings(none.to_dict()) == []
+    assert gap_warnings(None) == []
