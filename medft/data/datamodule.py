@@ -232,14 +232,18 @@ class ResumableDataLoader(DataLoader):
     length, and worker prefetching happens before this count), and the sampler turns
     that count into the next item to draw, so no image of the skipped part is decoded
     again.
+
+    Under DDP Lightning rebuilds the loader around its own distributed sampler wrapper;
+    such a loader behaves like a plain DataLoader (an empty state: a resumed run restarts
+    the interrupted epoch, as plain Lightning does).
     """
 
     _yielded = 0
     _passes_before = 0
 
     def __iter__(self) -> Iterator[Any]:
-        sampler = self._epoch_sampler()
-        self._passes_before = sampler.passes
+        if isinstance(self.sampler, EpochSampler):
+            self._passes_before = self.sampler.passes
         self._yielded = 0
         return self._counted(super().__iter__())
 
@@ -250,7 +254,9 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         """The sampler's position after the batches consumed so far in this pass."""
-        sampler = self._epoch_sampler()
+        sampler = self.sampler
+        if not isinstance(sampler, EpochSampler):
+            return {}
         if sampler.passes > self._passes_before:  # this loader's pass has begun
             done = self._yielded >= len(self)  # drop_last may leave a few items undrawn
             consumed = sampler.size if done else self._yielded * int(self.batch_size or 1)
@@ -261,13 +267,8 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Make the next pass continue where the saved one stopped."""
-        self._epoch_sampler().load_state_dict(state["sampler"])
-
-    def _epoch_sampler(self) -> EpochSampler:
-        sampler = self.sampler
-        if not isinstance(sampler, EpochSampler):
-            raise TypeError(f"ResumableDataLoader needs an EpochSampler, got {type(sampler)}")
-        return sampler
+        if isinstance(self.sampler, EpochSampler) and state.get("sampler"):
+            self.sampler.load_state_dict(state["sampler"])
 
 
 class XrayDataModule(L.LightningDataModule):
@@ -549,9 +550,10 @@ class XrayDataModule(L.LightningDataModule):
         before it asks for the training loader, so a run resumed from a mid-epoch
         checkpoint draws exactly the rest of the interrupted epoch.
         """
-        if isinstance(self._train_loader, ResumableDataLoader):
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        if isinstance(self._train_loader, ResumableDataLoader) and not distributed:
             return {"train_order": self._train_loader.state_dict()["sampler"]}
-        return {}
+        return {}  # under DDP the loader in use is Lightning's rebuilt one: epoch-level resume
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume the training order saved by :meth:`state_dict` (applied to the next loader)."""

@@ -6,6 +6,11 @@ predictions, and writes them into every checkpoint saved afterwards under
 ``checkpoint["medft"]``. The best checkpoint therefore carries thresholds chosen
 on the same validation pass that made it best; ``evaluate``, ``predict``,
 ``explain`` and the demo read them from there.
+
+Under DDP each process validates a shard; the predictions of all processes are
+gathered first (and the duplicates DistributedSampler pads the shards with are
+dropped by manifest row), so every process chooses the same thresholds from the
+whole validation set.
 """
 
 from __future__ import annotations
@@ -40,10 +45,11 @@ class OperatingPointCallback(L.Callback):
         self.calibrate = calibrate
         self._probs: list[torch.Tensor] = []
         self._targets: list[torch.Tensor] = []
+        self._index: list[torch.Tensor] = []
         self.latest: dict[str, Any] = {}
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._probs, self._targets = [], []
+        self._probs, self._targets, self._index = [], [], []
 
     def on_validation_batch_end(
         self,
@@ -55,14 +61,37 @@ class OperatingPointCallback(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if isinstance(outputs, dict) and "probs" in outputs:
-            self._probs.append(outputs["probs"].detach().float().cpu())
+            probs = outputs["probs"].detach().float().cpu()
+            self._probs.append(probs)
             self._targets.append(outputs["targets"].detach().float().cpu())
+            if "index" in outputs:
+                index = outputs["index"].detach().long().cpu().reshape(-1)
+            else:  # negative placeholders, unique across processes: never a duplicate
+                seen = sum(len(p) for p in self._probs[:-1])
+                position = torch.arange(seen, seen + len(probs))
+                index = -1 - (position * trainer.world_size + trainer.global_rank)
+            self._index.append(index)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._probs or trainer.sanity_checking:
+        if trainer.sanity_checking:
             return
-        probs = torch.cat(self._probs).numpy().astype(np.float64)
-        targets = torch.cat(self._targets).numpy().astype(np.float64)
+        width = len(getattr(pl_module, "labels", ())) or (
+            self._probs[0].shape[1] if self._probs else 1
+        )
+        probs_t = _cat(self._probs, (0, width), torch.float32)
+        targets_t = _cat(self._targets, (0, width), torch.float32)
+        index_t = _cat(self._index, (0,), torch.long)
+        if trainer.world_size > 1:
+            probs_t = gather_rows(pl_module, probs_t)
+            targets_t = gather_rows(pl_module, targets_t)
+            index_t = gather_rows(pl_module, index_t)
+            _, first = np.unique(index_t.numpy(), return_index=True)
+            keep = torch.as_tensor(np.sort(first))
+            probs_t, targets_t = probs_t[keep], targets_t[keep]
+        if len(probs_t) == 0:
+            return
+        probs = probs_t.numpy().astype(np.float64)
+        targets = targets_t.numpy().astype(np.float64)
         labels = list(getattr(pl_module, "labels", [f"class_{i}" for i in range(probs.shape[1])]))
         if getattr(pl_module, "task", "multilabel") == "multiclass":
             targets = np.where(np.isnan(targets), np.nan, targets)
@@ -101,6 +130,25 @@ class OperatingPointCallback(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.latest = dict(state_dict.get("latest", {}))
+
+
+def _cat(parts: list[torch.Tensor], empty: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    return torch.cat(parts).to(dtype) if parts else torch.zeros(empty, dtype=dtype)
+
+
+def gather_rows(pl_module: L.LightningModule, rows: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``rows`` (N, ...) from every DDP process, in rank order, on the CPU.
+
+    Processes may hold different numbers of rows (even none, with the same trailing shape
+    and dtype): each pads to the longest before ``all_gather``, and the padding is cut off.
+    """
+    device = pl_module.device
+    sizes = pl_module.all_gather(torch.tensor([len(rows)], device=device)).reshape(-1)
+    longest = int(sizes.max())
+    padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype, device=device)
+    padded[: len(rows)] = rows.to(device)
+    gathered = pl_module.all_gather(padded).cpu()
+    return torch.cat([gathered[rank, : int(n)] for rank, n in enumerate(sizes.tolist())])
 
 
 def _plain(obj: Any) -> Any:

@@ -313,7 +313,10 @@ class XrayClassifier(L.LightningModule):
             auroc.update(probs_in, targets_in)
             ap.update(probs_in, targets_in)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=len(logits))
-        return {"loss": loss, "probs": probs.detach(), "targets": targets.detach()}
+        out = {"loss": loss, "probs": probs.detach(), "targets": targets.detach()}
+        if "index" in batch:  # the manifest row: lets callbacks drop DDP's padded duplicates
+            out["index"] = torch.as_tensor(batch["index"]).detach()
+        return out
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         return self._eval_step(batch, "val")

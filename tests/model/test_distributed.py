@@ -1,4 +1,5 @@
-"""Distributed training on CPU: two gloo processes run a freezing schedule to the end."""
+"""Distributed training on CPU: two gloo processes run a freezing schedule to the end,
+and the thresholds they store come from the whole validation part."""
 
 from __future__ import annotations
 
@@ -11,10 +12,17 @@ import pytest
 
 
 @pytest.mark.slow
-def test_two_process_ddp_fit_on_cpu(tiny_dataset: Path, tmp_path: Path, fit_args) -> None:
+def test_two_process_ddp_fit_on_cpu(tmp_path: Path, fit_args) -> None:
+    from medft.data.synth import synthesize
+
+    # One image per patient and 7 validation images: an odd count, so DistributedSampler
+    # pads one shard with a duplicate that the operating-point callback must drop.
+    data = synthesize(tmp_path / "data", 40, images_per_patient=1, size=64, seed=0, workers=1)
     args = fit_args(
-        tiny_dataset,
+        data.labels_csv,
         tmp_path / "run",
+        "--data.val_fraction",
+        "0.18",
         "--trainer.accelerator",
         "cpu",
         "--trainer.devices",
@@ -42,3 +50,11 @@ def test_two_process_ddp_fit_on_cpu(tiny_dataset: Path, tmp_path: Path, fit_args
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 1  # the last save happened in the second (final) epoch
     assert checkpoint["global_step"] > 0
+    # Thresholds come from the whole validation part, gathered from both processes,
+    # without the duplicates DistributedSampler pads an odd shard with.
+    import pandas as pd
+
+    splits = pd.read_csv(tmp_path / "run" / "splits.csv")
+    n_val = int((splits["split"] == "val").sum())
+    assert n_val == 7
+    assert checkpoint["medft"]["val_n_images"] == n_val
