@@ -9,6 +9,8 @@ What is cached is the classifier's input in eval mode, ``forward_head(forward_fe
 pre_logits=True)`` with dropout off. What still happens every step is the part that is
 random or trains: timm's pre-classifier dropout (``drop_rate``) and the classifier itself,
 so a cached epoch computes the same loss, with the same dropout masks, as an uncached one.
+Validation images are never augmented, so ``XrayClassifier`` also looks their features up
+(by their own manifest rows) while the cache is on for training.
 
 The cache is used only when that is provably safe (:meth:`FrozenFeatureCache.prepare`):
 

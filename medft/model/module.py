@@ -154,6 +154,7 @@ class XrayClassifier(L.LightningModule):
         )
         # Plain object, not a submodule: cached features never reach a checkpoint.
         self.feature_cache = FrozenFeatureCache(feature_cache)
+        self._cache_val = False
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._build_metrics()
@@ -293,8 +294,26 @@ class XrayClassifier(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        """Validation reuses cached features when training does and its images are fixed."""
+        trainer = self.trainer
+        dataset = getattr(trainer.val_dataloaders, "dataset", None)
+        identity = train_data_identity(dataset)
+        self._cache_val = (
+            self.feature_cache.active
+            and not trainer.sanity_checking
+            and identity is not None
+            and not identity["random"]
+        )
+
     def _eval_step(self, batch: dict[str, Any], stage: str) -> dict[str, torch.Tensor]:
-        logits = self(batch["image"])
+        if stage == "val" and self._cache_val and "index" in batch:
+            images = batch["image"]
+            logits = self.feature_cache.logits(
+                self.model, batch["index"], batch.get("path"), lambda: self.normalize(images)
+            )
+        else:
+            logits = self(batch["image"])
         targets = batch["label"]
         loss = self.loss_fn(logits, targets)
         probs = self.probabilities(logits.float())

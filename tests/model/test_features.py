@@ -124,6 +124,59 @@ def test_cached_linear_probe_trains_the_same_head_with_one_backbone_pass(manifes
         torch.testing.assert_close(cached_head[key], value, rtol=1e-5, atol=1e-6)
 
 
+class _ValLosses(L.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.losses.append(float(trainer.callback_metrics["val/loss"]))
+
+
+def _fit_with_validation(manifest: Path, feature_cache: str) -> tuple[list[float], list[int]]:
+    """Three epochs with validation: the val losses, and images the backbone saw in each
+    validation epoch."""
+    torch.set_num_threads(1)
+    L.seed_everything(0, workers=True)
+    module = _probe(feature_cache=feature_cache)
+    original = module.model.forward_features
+    val_images: list[int] = []
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        if module.trainer.validating:
+            val_images[module.current_epoch] += len(x)
+        return original(x)
+
+    class Epochs(_ValLosses):
+        def on_validation_epoch_start(self, trainer: L.Trainer, pl: L.LightningModule) -> None:
+            val_images.append(0)
+
+    module.model.forward_features = counted
+    losses = Epochs()
+    trainer = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        deterministic=True,
+        num_sanity_val_steps=0,
+        callbacks=[losses],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=_data(manifest, val_fraction=0.25))
+    return losses.losses, val_images
+
+
+def test_validation_reuses_cached_features_with_the_same_results(manifest: Path) -> None:
+    cached_losses, cached_images = _fit_with_validation(manifest, "auto")
+    plain_losses, plain_images = _fit_with_validation(manifest, "off")
+    n_val = plain_images[0]
+    assert n_val > 0 and plain_images == [n_val] * 3
+    assert cached_images == [n_val, 0, 0]  # the backbone saw the validation images once
+    assert cached_losses == pytest.approx(plain_losses, rel=1e-5, abs=1e-6)
+    assert len(set(cached_losses)) > 1  # the head trains, so the validation loss moves
+
+
 def test_checkpoint_holds_no_features_and_resume_refills_the_cache(
     manifest: Path, tmp_path: Path
 ) -> None:
