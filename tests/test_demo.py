@@ -743,3 +743,42 @@ def test_model_card_repeats_the_training_audit_warning(service):
     )
     card = model_card(warned)
     assert "Data bias warning" in card and "manufacturer predicts abnormal" in card
+
+
+@pytest.mark.slow
+def test_medft_demo_reports_progress_through_a_pipe(checkpoint: Path) -> None:
+    """Behind a pipe (a service manager, `| tee`) stdout is block-buffered: the status
+    lines must still arrive while the demo runs, not only when it exits."""
+    import queue
+    import signal
+    import subprocess
+    import sys
+
+    from medft.demo.server import free_port
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    env.pop("PYTHONUNBUFFERED", None)  # CI sets it; a service manager does not
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medft.cli", "demo", "--checkpoint", str(checkpoint),
+         "--port", str(free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in process.stdout], daemon=True)
+    reader.start()
+    seen: list[str] = []
+    try:
+        while not any("running at" in line for line in seen):
+            seen.append(lines.get(timeout=240))  # queue.Empty fails the test
+        assert process.poll() is None  # still serving: the lines were not flushed by exit
+        assert any(line.startswith("loading ") and checkpoint.name in line for line in seen)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    reader.join(timeout=30)
+    rest = []
+    while not lines.empty():
+        rest.append(lines.get())
+    assert any("temporary files removed" in line for line in rest)

@@ -118,6 +118,11 @@ def start_demo(settings: DemoSettings, *, quiet: bool = True) -> DemoServer:
     return server
 
 
+def _say(message: str) -> None:
+    """Print a status line at once: behind a pipe or a service manager, stdout is buffered."""
+    print(message, flush=True)
+
+
 def run_demo(settings: DemoSettings) -> int:
     """Serve until interrupted (Ctrl-C), then clean up; the ``medft demo`` entry point."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -127,25 +132,27 @@ def run_demo(settings: DemoSettings) -> int:
     torch.set_num_threads(settings.threads or default_threads())
     checkpoint = settings.checkpoint or find_quickstart_checkpoint(settings.quickstart_dir)
     if checkpoint is None:
-        print(NO_MODEL_MESSAGE.format(where=settings.quickstart_dir))
+        _say(NO_MODEL_MESSAGE.format(where=settings.quickstart_dir))
     elif settings.checkpoint is None:
-        print(f"Using the quickstart model: {checkpoint}")
+        _say(f"Using the quickstart model: {checkpoint}")
     if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.auth is None:
-        print(
+        _say(
             f"warning: serving on {settings.host} without a login; anyone who can reach this "
             "machine can open the page. Use --auth USER:PASS (or MEDFT_DEMO_AUTH)."
         )
+    if checkpoint is not None:
+        _say(f"loading {Path(checkpoint).name} and building the page (up to a minute) ...")
     server = start_demo(settings, quiet=True)
-    print(f"medft demo running at {server.url}  (Ctrl-C to stop)")
+    _say(f"medft demo running at {server.url}  (Ctrl-C to stop)")
     _stop_on_signals()
     try:
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
-        print("stopping")
+        _say("stopping")
     finally:
         server.close()
-        print("temporary files removed")
+        _say("temporary files removed")
     return 0
 
 
