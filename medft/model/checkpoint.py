@@ -81,6 +81,7 @@ def load_classifier(
     kwargs = {k: v for k, v in hparams.items() if k in allowed}
     kwargs["pretrained"] = False  # the weights come from the checkpoint, not from ImageNet
     kwargs["pretrained_file"] = None
+    kwargs["compile"] = False  # inference runs eagerly: no compile wait in evaluate or the demo
     try:
         model = XrayClassifier(**kwargs)
         model.load_state_dict(checkpoint["state_dict"], strict=True)

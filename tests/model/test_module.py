@@ -141,3 +141,49 @@ def test_new_head_starts_near_zero_logits() -> None:
     assert head.weight.std().item() < 0.05 and head.bias.abs().max().item() == 0.0
     features = torch.ones(4, head.in_features) * 5.0  # pretrained-like magnitudes
     assert head(features).abs().max().item() < 2.0
+
+
+def test_compile_wraps_the_network_but_checkpoints_keep_plain_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled_models: list[torch.nn.Module] = []
+    real_compile = torch.compile
+
+    def eager_compile(model: torch.nn.Module):  # dynamo without inductor: seconds, not minutes
+        compiled_models.append(model)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    plain, compiled = _tiny(), _tiny(compile=True)
+    compiled.load_state_dict(plain.state_dict())
+    assert plain.network() is plain.model and not compiled_models
+    images = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.eval()(images), plain.eval()(images))
+    assert compiled_models == [compiled.model]  # compiled once, the module's own network
+    assert compiled.network() is not compiled.model
+    assert list(compiled.state_dict()) == list(plain.state_dict())  # no "_orig_mod." keys
+
+    path = tmp_path / "compiled.ckpt"
+    torch.save({"state_dict": compiled.state_dict(), "hyper_parameters": dict(compiled.hparams)},
+               path)  # fmt: skip
+    loaded = load_classifier(path).model
+    assert loaded.hparams["compile"] is False and loaded.network() is loaded.model
+
+
+@pytest.mark.slow
+def test_fit_with_inductor_compile_trains_and_saves_plain_weights(
+    tiny_dataset: Path, tmp_path: Path, fit_args
+) -> None:
+    from medft.lightning_cli import last_checkpoint_path, run_lightning
+
+    extra = ["--model.compile", "true", "--model.freeze", "full", "--trainer.max_epochs", "1",
+             "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]  # fmt: skip
+    args = fit_args(tiny_dataset, tmp_path / "run", *extra)
+    cli = run_lightning("fit", args, run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.model.network() is not cli.model.model  # the compiled wrapper was used
+    assert cli.trainer.global_step == 2
+    checkpoint = read_checkpoint(last_checkpoint_path(cli.trainer))
+    assert not [key for key in checkpoint["state_dict"] if "_orig_mod" in key]
+    assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
