@@ -194,3 +194,19 @@ def test_scale_end_to_end_small(tmp_path: Path) -> None:
     assert all(r.medft > 0 for r in results if "cpu" in r.name)
     assert json.loads((tmp_path / "bench.json").read_text())[0]["name"] == names[0]
     assert not list(tmp_path.glob("scale-*"))  # synthetic data deleted
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_script_runs_its_cpu_smoke_mode(tmp_path: Path) -> None:
+    """benchmarks/gpu.py is meant for a CUDA box; --device cpu runs the same code paths."""
+    from medft.bench import load_script
+
+    gpu = load_script("gpu")
+    argv = ["--out", str(tmp_path), "--device", "cpu", "--images", "48", "--size", "32",
+            "--batch", "16", "--epochs", "1", "--backbones", "test_resnet", "--augment", "off",
+            "--synth-workers", "1"]  # fmt: skip
+    assert gpu.main(argv) == 0
+    (row,) = json.loads((tmp_path / "bench.json").read_text())
+    assert row["name"] == "gpu/fit/test_resnet/no_augment"
+    assert row["medft"] > 0 and row["reference"] > 0 and row["details"]["gpu"] is None
+    assert len(row["details"]["loader_wait_shares"]) == 1  # one timed epoch after the warm-up
