@@ -5,6 +5,7 @@
 #
 #   bash examples/pneumoniamnist_study.sh [OUT]          # default OUT: pneumoniamnist-study
 #   DATA=/path/to/pneumoniamnist bash examples/pneumoniamnist_study.sh /tmp/pmnist
+#   SMOKE=1 bash examples/pneumoniamnist_study.sh /tmp/smoke   # 2 folds, 1 epoch, tiny model
 #
 # Writes OUT/data/manifest.csv (+ PNGs), OUT/audit/{audit.json,audit.html} and
 # OUT/study/{folds.csv,fold_*/,oof_predictions.csv,summary.json,report.html}, then prints
@@ -17,6 +18,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA="${DATA:-$REPO/../shared/data/pneumoniamnist}"
 OUT="${1:-pneumoniamnist-study}"
 MEDFT="${MEDFT:-medft}"
+SMOKE="${SMOKE:-0}"   # 1: the same steps with a tiny random-init model (what CI runs)
 
 export HF_HUB_OFFLINE=1                        # the lite0 ImageNet weights ship with medft
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" # torch CPU threads; 1 is steadier on a shared box
@@ -30,10 +32,18 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" # torch CPU threads; 1 is steadie
 # 3. Patient-grouped, label-stratified 5-fold CV. The recipe is configs/medmnist.yaml
 #    (ImageNet-pretrained tf_efficientnet_lite0, 28 px upsampled to 64, head-only first),
 #    shortened to 4 epochs (2 head-only, 2 whole network) at lr 0.001.
-"$MEDFT" cv --config "$REPO/configs/medmnist.yaml" --folds 5 --seed 0 --out "$OUT/study" \
+if [ "$SMOKE" = 1 ]; then
+  FOLDS=2
+  RECIPE=(--trainer.max_epochs 1 --model.unfreeze_epoch 0
+          --model.backbone test_efficientnet --model.pretrained false)
+else
+  FOLDS=5
+  RECIPE=(--trainer.max_epochs 4 --model.unfreeze_epoch 2 --model.lr 0.001)
+fi
+"$MEDFT" cv --config "$REPO/configs/medmnist.yaml" --folds "$FOLDS" --seed 0 --out "$OUT/study" \
     --resume -- \
     --data.manifest "$OUT/data/manifest.csv" \
-    --trainer.max_epochs 4 --model.unfreeze_epoch 2 --model.lr 0.001 \
+    "${RECIPE[@]}" \
     --data.num_workers 0
 
 # 4. The headline numbers, read back from summary.json.

@@ -62,3 +62,28 @@ def test_example_runs_with_smoke(script: Path, tmp_path: Path) -> None:
     for pattern in OUTPUTS[script.name]:
         assert list(out.glob(pattern)), f"{script.name} wrote no {pattern} in {seconds:.0f} s"
     print(f"{script.name}: {seconds:.0f} s")
+
+
+@pytest.mark.slow
+def test_pneumoniamnist_study_script_runs_in_smoke_mode(tmp_path: Path) -> None:
+    """The real-data tutorial's script: import, audit and a 2-fold study on the 624 images."""
+    script = EXAMPLES / "pneumoniamnist_study.sh"
+    data = EXAMPLES.parents[1] / "shared" / "data" / "pneumoniamnist"
+    if not (data / "pneumoniamnist_test.npz").is_file():
+        pytest.skip(f"{data} is not next to the checkout")
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "SMOKE": "1",
+        "DATA": str(data),
+        "MEDFT": str(bin_dir / "medft"),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MPLBACKEND": "Agg",
+    }
+    done = subprocess.run(["bash", str(script), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "pooled out-of-fold AUROC" in done.stdout
+    for name in ("data/manifest.csv", "audit/audit.json", "study/summary.json",
+                 "study/report.html"):  # fmt: skip
+        assert (tmp_path / "out" / name).is_file(), name
