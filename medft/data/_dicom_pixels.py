@@ -236,6 +236,9 @@ def _check_codestream(ds: Dataset, pm: PixelModule, frame: int) -> None:
             f"frame {frame} cannot be located in the encapsulated Pixel Data "
             f"({hdr.describe(exc)}); the file is truncated or malformed"
         ) from exc
+    problem = jp2_wrapper_problem(data)
+    if problem is not None:
+        raise DicomReadError(f"the JPEG 2000 frame is wrapped in a broken JP2 file: {problem}")
     shape = codestream_shape(data)
     if shape is None:
         return
@@ -260,6 +263,30 @@ _RLE_SYNTAXES = {"1.2.840.10008.1.2.5"}  # RLE Lossless carries no codestream he
 _JPEG_SOF = {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7}
 _JPEG_STANDALONE = {0x01, *range(0xD0, 0xD9)}
 _HEADER_SCAN = 1 << 16
+
+
+_JP2_SIGNATURE = b"\x00\x00\x00\x0c\x6a\x50\x20\x20"
+
+
+def jp2_wrapper_problem(data: bytes) -> str | None:
+    """Why a JP2-wrapped JPEG 2000 frame would hang the decoder, or ``None``.
+
+    Some writers wrap the codestream in a JP2 file. pydicom (3.0) looks for its ``jp2c``
+    box by adding each box's declared length to an offset; a length of 0 (or a header cut
+    off near the end, read as 0) never moves the offset, and the read never returns. This
+    walks the boxes the same way and names the first length that would stop it.
+    """
+    if not data.startswith(_JP2_SIGNATURE):
+        return None
+    offset = 12
+    while offset < len(data):
+        length = int.from_bytes(data[offset : offset + 4], byteorder="big")
+        if data[offset + 4 : offset + 8] == b"jp2c":
+            return None
+        if length == 0:
+            return f"the box at byte {offset} declares a length of 0"
+        offset += length
+    return None
 
 
 def codestream_shape(data: bytes) -> tuple[int, int] | None:

@@ -1027,3 +1027,44 @@ def test_rle_data_that_happens_to_hold_j2k_marker_bytes_decodes(tmp_path) -> Non
     assert image.shape == (32, 32)
     expected = (pixels.astype(np.float32) - pixels.min()) / (pixels.max() - pixels.min())
     assert np.allclose(image, expected, atol=1e-6)
+
+
+def _jp2_wrapped(codestream: bytes, rows: int, columns: int, bits: int, *, broken: bool) -> bytes:
+    """A JP2 file around ``codestream``: signature, 'ftyp', 'jp2h' (ihdr, colr), then 'jp2c'."""
+    signature = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+    ftyp = struct.pack(">I", 20) + b"ftypjp2 " + b"\x00\x00\x00\x00" + b"jp2 "
+    ihdr = struct.pack(">I4sIIHBBBB", 22, b"ihdr", rows, columns, 1, bits - 1, 7, 0, 0)
+    colr = struct.pack(">I4sBBBI", 15, b"colr", 1, 0, 0, 17)  # enumerated: greyscale
+    length = 0 if broken else 8 + len(ihdr) + len(colr)  # 0: pydicom's search never moves on
+    header = struct.pack(">I", length) + b"jp2h" + ihdr + colr
+    return signature + ftyp + header + struct.pack(">I", 8 + len(codestream)) + b"jp2c" + codestream
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["jp2", "jp2_zero_length_box"])
+def test_jp2_wrapped_frame_decodes_or_is_refused_without_hanging(tmp_path, broken) -> None:
+    """pydicom 3.0 loops forever on a JP2 box of length 0 (found by the atheris fuzzer)."""
+    import signal
+
+    pixels = phantom((32, 32))
+    ds = make_ds(pixels)
+    ds.compress(JPEG2000Lossless)
+    (codestream,) = list(generate_frames(ds.PixelData, number_of_frames=1))
+    wrapped = _jp2_wrapped(codestream, ds.Rows, ds.Columns, ds.BitsStored, broken=broken)
+    ds.PixelData = encapsulate([wrapped])
+    path = save(ds, tmp_path / "jp2.dcm")
+
+    def hung(signum: int, frame: Any) -> None:
+        raise TimeoutError("read_xray did not return within 20 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        if broken:
+            with pytest.raises(DicomReadError, match="box at byte 32 declares a length of 0"):
+                read_xray(path)
+        else:
+            image, _ = read_xray(path, voi="none")
+            np.testing.assert_allclose(image, minmax(pixels.astype(np.float64)), atol=1e-6)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
