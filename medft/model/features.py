@@ -46,6 +46,7 @@ __all__ = [
     "FEATURE_CACHE_MODES",
     "FeatureStore",
     "FrozenFeatureCache",
+    "augments",
     "eval_pre_logits",
     "train_data_identity",
     "weights_digest",
@@ -360,18 +361,26 @@ def train_data_identity(dataset: Any) -> dict[str, Any] | None:
     (augmentation).
     """
     cache = getattr(dataset, "cache", None)
-    random_part = getattr(dataset, "random_part", None)
-    decoder = getattr(cache, "decoder", None)
-    if cache is None or random_part is None or decoder is None:
+    random = augments(dataset)
+    if cache is None or random is None:
         return None
-    transforms = list(_flatten(random_part))
     return {
-        "decode": dict(decoder.config),
+        "decode": dict(cache.decoder.config),
         "rows": len(cache.paths),
         "paths": _digest(list(cache.paths)),
-        "transforms": [type(t).__name__ for t in transforms],
-        "random": any(isinstance(t, Randomizable) for t in transforms),
+        "transforms": [type(t).__name__ for t in _flatten(dataset.random_part)],
+        "random": random,
     }
+
+
+def augments(dataset: Any) -> bool | None:
+    """Whether an :class:`~medft.data.cache.XrayDataset` applies a random transform per
+    access; ``None`` when ``dataset`` cannot tell (cheap: no file list is hashed)."""
+    random_part = getattr(dataset, "random_part", None)
+    decoder = getattr(getattr(dataset, "cache", None), "decoder", None)
+    if random_part is None or decoder is None:
+        return None
+    return any(isinstance(t, Randomizable) for t in _flatten(random_part))
 
 
 def _blocker(

@@ -30,7 +30,12 @@ from torchmetrics.classification import (
 
 from medft.errors import ConfigError
 from medft.model.backbones import create_backbone, data_config
-from medft.model.features import FEATURE_CACHE_MODES, FrozenFeatureCache, train_data_identity
+from medft.model.features import (
+    FEATURE_CACHE_MODES,
+    FrozenFeatureCache,
+    augments,
+    train_data_identity,
+)
 from medft.model.finetune import FinetuneSchedule
 
 TASKS = ("binary", "multilabel", "multiclass")
@@ -314,13 +319,10 @@ class XrayClassifier(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         """Validation reuses cached features when training does and its images are fixed."""
         trainer = self.trainer
-        dataset = getattr(trainer.val_dataloaders, "dataset", None)
-        identity = train_data_identity(dataset)
         self._cache_val = (
             self.feature_cache.active
             and not trainer.sanity_checking
-            and identity is not None
-            and not identity["random"]
+            and augments(getattr(trainer.val_dataloaders, "dataset", None)) is False
         )
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> dict[str, torch.Tensor]:
