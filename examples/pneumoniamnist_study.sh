@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A 5-fold cross-validation study on real chest X-rays: the 624-image PneumoniaMNIST test
-# split (MedMNIST v2, CC BY 4.0) kept in ../shared/data/pneumoniamnist next to the checkout.
+# split (MedMNIST v2, CC BY 4.0) kept in tests/data/corpus/pneumoniamnist in the repository.
 # Reproduces docs/tutorials/pneumoniamnist.md.
 #
 #   bash examples/pneumoniamnist_study.sh [OUT]          # default OUT: pneumoniamnist-study
@@ -15,7 +15,7 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-DATA="${DATA:-$REPO/../shared/data/pneumoniamnist}"
+DATA="${DATA:-$REPO/tests/data/corpus/pneumoniamnist}"
 OUT="${1:-pneumoniamnist-study}"
 MEDFT="${MEDFT:-medft}"
 SMOKE="${SMOKE:-0}"   # 1: the same steps with a tiny random-init model (what CI runs)

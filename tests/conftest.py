@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,13 +9,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+CORPUS = ROOT / "tests" / "data" / "corpus"
+"""The read-only test corpus in the repository (real DICOMs, corrupt files, PneumoniaMNIST)."""
+
+
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The read-only corpus in ../shared/data (skips when absent)."""
-    p = Path(os.environ.get("MEDFT_SHARED_DATA", ROOT / ".." / "shared" / "data")).resolve()
-    if not (p / "corpus.csv").is_file():
-        pytest.skip(f"shared test data not found at {p}")
-    return p
+def corpus_dir() -> Path:
+    """The read-only test corpus ``tests/data/corpus`` (see its README for provenance).
+
+    It is part of the repository, so it never skips: a missing corpus is an error here, and
+    ``tests/data/test_dicom_corpus.py`` checks every file against ``corpus.csv``.
+    """
+    if not (CORPUS / "corpus.csv").is_file():
+        raise FileNotFoundError(f"{CORPUS}: the test corpus is missing (corpus.csv not found)")
+    return CORPUS
 
 
 @pytest.fixture(autouse=True)

@@ -227,14 +227,14 @@ def test_big_image_is_shown_at_view_size(service, dicoms):
     assert small_view.overlay(case, "abnormal").shape == (256, 256, 3)
 
 
-def test_corrupt_file_gives_a_clear_message(service, shared_data):
+def test_corrupt_file_gives_a_clear_message(service, corpus_dir):
     for name, expected in [
         ("random_bytes.dcm", "neither a DICOM file nor a PNG, JPEG or TIFF"),
         ("truncated_pixeldata_native.dcm", "truncated"),
         ("zero_bytes.dcm", "empty"),
     ]:
         with pytest.raises(DicomReadError) as info:
-            service.analyse_file(shared_data / "corrupt" / name)
+            service.analyse_file(corpus_dir / "corrupt" / name)
         message = user_message(info.value)
         assert expected in message
         assert not message.startswith(("<bytes>", "/"))
@@ -531,11 +531,11 @@ def test_api_predict_returns_findings(client, dicoms):
     assert result["metadata"]["Modality"] in ("CR", "DX")
 
 
-def test_api_predict_refuses_corrupt_and_oversized(client, shared_data, tmp_path):
+def test_api_predict_refuses_corrupt_and_oversized(client, corpus_dir, tmp_path):
     from gradio_client import handle_file
 
     result = client.predict(
-        handle_file(str(shared_data / "corrupt/text_file.dcm")), api_name="/predict"
+        handle_file(str(corpus_dir / "corrupt/text_file.dcm")), api_name="/predict"
     )
     assert result == {
         "ok": False,
@@ -548,7 +548,7 @@ def test_api_predict_refuses_corrupt_and_oversized(client, shared_data, tmp_path
     # still serving afterwards
     assert (
         client.predict(
-            handle_file(str(shared_data / "corrupt/random_bytes.dcm")), api_name="/predict"
+            handle_file(str(corpus_dir / "corrupt/random_bytes.dcm")), api_name="/predict"
         )["ok"]
         is False
     )
@@ -585,12 +585,12 @@ def test_api_refuses_server_paths_outside_the_upload_folder(server):
         secret.unlink()
 
 
-def test_api_batch_upload_shows_table_csv_and_deletes_uploads(client, server, dicoms, shared_data):
+def test_api_batch_upload_shows_table_csv_and_deletes_uploads(client, server, dicoms, corpus_dir):
     from gradio_client import handle_file
 
     files = [
         handle_file(str(dicoms[4])),
-        handle_file(str(shared_data / "corrupt/random_bytes.dcm")),
+        handle_file(str(corpus_dir / "corrupt/random_bytes.dcm")),
         handle_file(str(dicoms[5])),
     ]
     out = client.predict(files, LABELS[0], "gradcam", 0.5, api_name="/analyse")
@@ -662,14 +662,14 @@ def test_no_patient_data_in_demo_temp_files_or_responses(client, server, phi_dic
             assert marker.encode() not in data, f"{marker} found in {path.name}"
 
 
-def test_app_survives_many_concurrent_clients(server, dicoms, shared_data):
+def test_app_survives_many_concurrent_clients(server, dicoms, corpus_dir):
     from gradio_client import Client, handle_file
 
     files = [
         *dicoms[:3],
         dicoms[0],  # the same content twice at once: one upload path, read once
-        shared_data / "corrupt/zero_bytes.dcm",
-        shared_data / "corrupt/text_file.dcm",
+        corpus_dir / "corrupt/zero_bytes.dcm",
+        corpus_dir / "corrupt/text_file.dcm",
     ]
     errors: list[BaseException] = []
     answers: list[dict] = []

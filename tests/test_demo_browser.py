@@ -108,7 +108,7 @@ def _clear_uploads(page) -> None:
     )
 
 
-def test_review_a_dicom_then_refuse_bad_files(served, page, tmp_path, shared_data):
+def test_review_a_dicom_then_refuse_bad_files(served, page, tmp_path, corpus_dir):
     server, cases = served
     expected = server.service.analyse_file(cases[0]).top.finding
 
@@ -124,7 +124,7 @@ def test_review_a_dicom_then_refuse_bad_files(served, page, tmp_path, shared_dat
     _save_screenshot(page, tmp_path)
 
     _clear_uploads(page)
-    page.set_input_files("#upload input[type=file]", str(shared_data / "corrupt/random_bytes.dcm"))
+    page.set_input_files("#upload input[type=file]", str(corpus_dir / "corrupt/random_bytes.dcm"))
     status = _wait_for_text(page, "#status", "Could not use")
     assert "random_bytes.dcm" in status and "neither a DICOM file nor a PNG" in status
     assert "Traceback" not in page.content()

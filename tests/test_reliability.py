@@ -26,7 +26,7 @@ from medft._io import atomic_open, atomic_path, write_json, write_text
 from medft.data.datamodule import XrayDataModule
 from medft.data.synth import synthesize
 from medft.errors import LeakageError
-from tests.conftest import ROOT, tiny_fit_args
+from tests.conftest import CORPUS, ROOT, tiny_fit_args
 
 RESUME_TOLERANCE = 1e-6
 """Largest absolute difference allowed between the weights of a resumed and an
@@ -726,10 +726,13 @@ def test_no_patient_data_in_any_file_medft_writes(tmp_path: Path) -> None:
 # tests/data/test_dicom.py already flips and truncates bytes of one in-memory file with a
 # fixed numpy stream; this property-based test adds splicing of two real files and lets
 # hypothesis shrink any failure to a minimal mutation.
-_FUZZ_SEEDS = (
+_FUZZ_SEEDS = (  # six small real files of tests/data/corpus, six encodings
     "dicom/cr_mono1_u16s12_explvr_rescale_16x16.dcm",
-    "dicom/mr_mono2_s16_rle.dcm",
-    "dicom/ct_mono2_s16_implvr_32x32.dcm",
+    "dicom/mr_s16_implvr.dcm",
+    "dicom/mr_s16_explvr_big_endian.dcm",
+    "dicom/mr_s16_rle.dcm",
+    "dicom/mr_s16_j2k_lossless.dcm",
+    "dicom/ot_u8_deflated.dcm",
 )
 _MAX_SEED_BYTES = 64_000
 FUZZ_EXAMPLES = int(os.environ.get("MEDFT_FUZZ_EXAMPLES", "200"))
@@ -737,14 +740,10 @@ FUZZ_EXAMPLES = int(os.environ.get("MEDFT_FUZZ_EXAMPLES", "200"))
 
 
 def _fuzz_seed_files() -> list[bytes]:
-    corpus = ROOT.parent / "shared" / "data"
-    picked = [corpus / name for name in _FUZZ_SEEDS if (corpus / name).is_file()]
-    if len(picked) < 2 and (corpus / "dicom").is_dir():
-        picked = sorted(
-            (p for p in (corpus / "dicom").glob("*.dcm") if p.stat().st_size <= _MAX_SEED_BYTES),
-            key=lambda p: p.name,
-        )[:3]
-    return [p.read_bytes() for p in picked if p.stat().st_size <= _MAX_SEED_BYTES]
+    """The seed files from the repository's corpus (a missing one fails collection)."""
+    seeds = [(CORPUS / name).read_bytes() for name in _FUZZ_SEEDS]
+    assert all(len(seed) <= _MAX_SEED_BYTES for seed in seeds)
+    return seeds
 
 
 _SEED_BYTES = _fuzz_seed_files()

@@ -371,18 +371,18 @@ def test_unreadable_files_are_counted_and_all_unreadable_is_an_error(tmp_path: P
         audit_manifest(tmp_path / "m.csv", workers=1)
 
 
-def _corpus_manifest(shared_data: Path, tmp_path: Path) -> tuple[Path, list[dict[str, str]]]:
-    with open(shared_data / "corpus.csv", newline="") as fh:
+def _corpus_manifest(corpus_dir: Path, tmp_path: Path) -> tuple[Path, list[dict[str, str]]]:
+    with open(corpus_dir / "corpus.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     lines = ["path,patient_id,label"]
-    lines += [f"{shared_data / r['file']},P{i},{i % 2}" for i, r in enumerate(rows)]
+    lines += [f"{corpus_dir / r['file']},P{i},{i % 2}" for i, r in enumerate(rows)]
     (tmp_path / "corpus.csv").write_text("\n".join(lines) + "\n")
     return tmp_path / "corpus.csv", rows
 
 
-def test_quick_audit_of_the_test_corpus_survives_every_file(shared_data, tmp_path) -> None:
+def test_quick_audit_of_the_test_corpus_survives_every_file(corpus_dir, tmp_path) -> None:
     """Every kind of DICOM (and broken file) in the corpus: headers read or counted."""
-    csv_path, rows = _corpus_manifest(shared_data, tmp_path)
+    csv_path, rows = _corpus_manifest(corpus_dir, tmp_path)
     report = audit_manifest(csv_path, quick=True, workers=2)
     assert report.n_audited + report.n_unreadable == len(rows)
     assert report.n_audited >= sum(r["expect"] == "decodes" for r in rows)
@@ -391,9 +391,9 @@ def test_quick_audit_of_the_test_corpus_survives_every_file(shared_data, tmp_pat
 
 @pytest.mark.slow
 def test_full_audit_of_the_test_corpus_reads_exactly_the_decodable_files(
-    shared_data, tmp_path
+    corpus_dir, tmp_path
 ) -> None:
-    csv_path, rows = _corpus_manifest(shared_data, tmp_path)
+    csv_path, rows = _corpus_manifest(corpus_dir, tmp_path)
     report = audit_manifest(csv_path, n_boot=100, workers=2)
     assert report.n_audited == sum(r["expect"] == "decodes" for r in rows)
     assert report.probes and {r.feature for r in report.results} >= {"raw_mean", BORDER_PROBE}

@@ -16,7 +16,7 @@ from medft.data.check import CheckReport, check_manifest
 from medft.data.manifest import load_manifest
 from medft.errors import ConfigError, DicomReadError
 
-# A few valid files of the shared corpus (small CR/DX) and its adversarial files.
+# A few valid files of the test corpus (small CR/DX) and its adversarial files.
 VALID = [
     "cr_mono1_u16s12_explvr_rescale_16x16.dcm",
     "dx_mono1_u8_explvr.dcm",
@@ -88,13 +88,13 @@ def scripted_manifest(tmp_path: Path, scripts: list[str], patients: list[str]) -
     return csv
 
 
-def corpus_manifest(tmp_path: Path, shared_data: Path) -> tuple[Path, list[str]]:
+def corpus_manifest(tmp_path: Path, corpus_dir: Path) -> tuple[Path, list[str]]:
     """Copy valid and corrupt corpus files into tmp_path, list them and one missing file."""
     names = []
     for name in VALID:
-        shutil.copy(shared_data / "dicom" / name, tmp_path / name)
+        shutil.copy(corpus_dir / "dicom" / name, tmp_path / name)
         names.append(name)
-    for source in sorted((shared_data / "corrupt").iterdir()):
+    for source in sorted((corpus_dir / "corrupt").iterdir()):
         if source.is_dir():
             (tmp_path / source.name).mkdir()
         else:
@@ -115,8 +115,8 @@ def corpus_manifest(tmp_path: Path, shared_data: Path) -> tuple[Path, list[str]]
 # ------------------------------------------------------------------------ tests
 
 
-def test_mixed_corpus_lists_every_bad_file(tmp_path: Path, shared_data: Path) -> None:
-    csv, names = corpus_manifest(tmp_path, shared_data)
+def test_mixed_corpus_lists_every_bad_file(tmp_path: Path, corpus_dir: Path) -> None:
+    csv, names = corpus_manifest(tmp_path, corpus_dir)
     report = check_manifest(csv, workers=2, read_fn=pydicom_read)
 
     assert report.n_files == len(names)
@@ -137,8 +137,8 @@ def test_mixed_corpus_lists_every_bad_file(tmp_path: Path, shared_data: Path) ->
     assert "PAT-" not in report.format()
 
 
-def test_workers_give_the_same_report(tmp_path: Path, shared_data: Path) -> None:
-    csv, _ = corpus_manifest(tmp_path, shared_data)
+def test_workers_give_the_same_report(tmp_path: Path, corpus_dir: Path) -> None:
+    csv, _ = corpus_manifest(tmp_path, corpus_dir)
     one = check_manifest(csv, workers=1, read_fn=pydicom_read)
     two = check_manifest(csv, workers=2, read_fn=pydicom_read)
     assert one == two
@@ -146,9 +146,9 @@ def test_workers_give_the_same_report(tmp_path: Path, shared_data: Path) -> None
     assert (one.workers, two.workers) == (1, 2)
 
 
-def test_real_reader_on_the_corpus(tmp_path: Path, shared_data: Path) -> None:
+def test_real_reader_on_the_corpus(tmp_path: Path, corpus_dir: Path) -> None:
     pytest.importorskip("medft.data.dicom")
-    csv, names = corpus_manifest(tmp_path, shared_data)
+    csv, names = corpus_manifest(tmp_path, corpus_dir)
 
     report = check_manifest(csv, workers=2)
 

@@ -1,4 +1,4 @@
-"""The DICOM reader on real-world files: every row of ../shared/data/corpus.csv, and every
+"""The DICOM reader on real-world files: every row of tests/data/corpus/corpus.csv, and every
 image file that ships with pydicom. Each must decode to a valid image or be refused with a
 typed error that names the file, quickly and without a large allocation.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import re
 import struct
 import time
@@ -20,6 +19,7 @@ import pytest
 
 from medft.data.dicom import read_xray
 from medft.errors import DicomReadError, UnsupportedCodecError
+from tests.conftest import CORPUS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,13 +27,8 @@ SECONDS_PER_FILE = 20.0  # the biggest corpus file decodes in well under 1 s her
 
 
 def _corpus_rows() -> list[dict[str, str]]:
-    """Rows of corpus.csv, read at collection time (same location rule as ``shared_data``)."""
-    root = Path(__file__).resolve().parents[2]
-    data = Path(os.environ.get("MEDFT_SHARED_DATA", root / ".." / "shared" / "data"))
-    table = data.resolve() / "corpus.csv"
-    if not table.is_file():
-        return []
-    with table.open(newline="", encoding="utf-8") as handle:
+    """Rows of corpus.csv, read at collection time (a missing table fails collection)."""
+    with (CORPUS / "corpus.csv").open(newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -91,19 +86,58 @@ def _read_timed(path: Path) -> tuple[np.ndarray, object]:
         assert time.perf_counter() - start < SECONDS_PER_FILE
 
 
-def test_corpus_present_and_intact(shared_data: Path) -> None:
+# SHA-256 of the raw PneumoniaMNIST arrays (``arr.tobytes()``), as pneumoniamnist/ATTRIBUTION.md
+# records them.
+PNEUMONIAMNIST_SHA256 = {
+    "test_images": "f936e3b6b29d2ed7a8182dd090c27504a6b7152ce496a960db0169622aabf843",
+    "test_labels": "13c6ece2a1da60187a0129e7a1b66c685dcbcffe8229225cb5e48e5ee12cfd3d",
+}
+LICENCE_FILES = {
+    "highdicom.LICENSE.txt",
+    "pydicom-data.LICENSE.txt",
+    "pydicom-test_files-README.txt",
+    "pydicom.LICENSE.txt",
+    "pylibjpeg-data.LICENSE.txt",
+}
+
+
+def test_corpus_present_and_intact(corpus_dir: Path) -> None:
+    """The corpus is in the repository and complete: no test may skip for want of it."""
+    assert corpus_dir == CORPUS
     assert len(ROWS) == 59
     for row in ROWS:
-        path = shared_data / row["file"]
+        path = corpus_dir / row["file"]
         if row["sha256"]:
             assert hashlib.sha256(path.read_bytes()).hexdigest() == row["sha256"], row["file"]
-        else:
-            assert path.exists(), row["file"]
+            assert path.stat().st_size == int(row["bytes"]), row["file"]
+        else:  # the directory corrupt/x.dcm, kept by git through its .gitkeep
+            assert path.is_dir() and (path / ".gitkeep").is_file(), row["file"]
+    on_disk = {
+        f"{folder}/{p.name}"
+        for folder in ("dicom", "corrupt")
+        for p in (corpus_dir / folder).iterdir()
+    }
+    assert on_disk == {row["file"] for row in ROWS}, "files in the corpus but not in corpus.csv"
+
+
+def test_pneumoniamnist_sample_and_licences_present(corpus_dir: Path) -> None:
+    folder = corpus_dir / "pneumoniamnist"
+    with np.load(folder / "pneumoniamnist_test.npz") as arrays:
+        for key, digest in PNEUMONIAMNIST_SHA256.items():
+            assert hashlib.sha256(arrays[key].tobytes()).hexdigest() == digest, key
+        labels = arrays["test_labels"].ravel()
+    with (folder / "labels.csv").open(newline="", encoding="utf-8") as handle:
+        listed = [int(row["label"]) for row in csv.DictReader(handle)]
+    assert listed == labels.tolist() and len(listed) == 624
+    assert "CC BY 4.0" in (folder / "ATTRIBUTION.md").read_text(encoding="utf-8")
+    present = {p.name for p in (corpus_dir / "LICENSES").iterdir()}
+    assert present == LICENCE_FILES
+    assert all((corpus_dir / "LICENSES" / name).stat().st_size > 500 for name in present)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=ROW_IDS)
-def test_corpus_file(shared_data: Path, row: dict[str, str]) -> None:
-    path = shared_data / row["file"]
+def test_corpus_file(corpus_dir: Path, row: dict[str, str]) -> None:
+    path = corpus_dir / row["file"]
     expect, reason = DEVIATIONS.get(row["file"], (row["expect"], None))
     if expect == "decodes":
         image, meta = _read_timed(path)
@@ -128,27 +162,27 @@ def test_corpus_file(shared_data: Path, row: dict[str, str]) -> None:
         assert re.search(reason or INVALID_REASONS[row["file"]], str(caught.value))
 
 
-def test_declared_bomb_allocates_nothing_large(shared_data: Path) -> None:
+def test_declared_bomb_allocates_nothing_large(corpus_dir: Path) -> None:
     tracemalloc.start()
     try:
         with pytest.raises(DicomReadError):
-            read_xray(shared_data / "corrupt/huge_dims_declared.dcm")
+            read_xray(corpus_dir / "corrupt/huge_dims_declared.dcm")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 5_000_000
 
 
-def test_six_transfer_syntaxes_give_identical_images(shared_data: Path) -> None:
+def test_six_transfer_syntaxes_give_identical_images(corpus_dir: Path) -> None:
     names = ["explvr", "explvr_big_endian", "implvr", "j2k_lossless", "jpegls_lossless", "rle"]
-    images = [read_xray(shared_data / f"dicom/mr_s16_{n}.dcm")[0] for n in names]
+    images = [read_xray(corpus_dir / f"dicom/mr_s16_{n}.dcm")[0] for n in names]
     for image in images[1:]:
         np.testing.assert_array_equal(image, images[0])
 
 
-def test_ten_frames_native_and_rle_agree_frame_by_frame(shared_data: Path) -> None:
-    native = shared_data / "dicom/mr_u16s12_10frames_explvr.dcm"
-    rle = shared_data / "dicom/mr_u16s12_10frames_rle.dcm"
+def test_ten_frames_native_and_rle_agree_frame_by_frame(corpus_dir: Path) -> None:
+    native = corpus_dir / "dicom/mr_u16s12_10frames_explvr.dcm"
+    rle = corpus_dir / "dicom/mr_u16s12_10frames_rle.dcm"
     raw = pydicom.dcmread(native).pixel_array
     for frame in (0, 4, 9):
         a, meta = read_xray(native, frame=frame)
@@ -163,30 +197,30 @@ def test_ten_frames_native_and_rle_agree_frame_by_frame(shared_data: Path) -> No
         read_xray(rle, frame=10)
 
 
-def test_lossy_and_lossless_j2k_of_one_radiograph_are_close(shared_data: Path) -> None:
-    lossless, meta = read_xray(shared_data / "dicom/cr_mono1_u16s10_j2k_lossless_anon.dcm")
-    lossy, _ = read_xray(shared_data / "dicom/cr_mono1_u16s10_j2k_lossy_anon.dcm")
+def test_lossy_and_lossless_j2k_of_one_radiograph_are_close(corpus_dir: Path) -> None:
+    lossless, meta = read_xray(corpus_dir / "dicom/cr_mono1_u16s10_j2k_lossless_anon.dcm")
+    lossy, _ = read_xray(corpus_dir / "dicom/cr_mono1_u16s10_j2k_lossy_anon.dcm")
     assert float(np.abs(lossless - lossy).mean()) < 0.01
     assert meta.photometric == "MONOCHROME1" and meta.voi_source == "window"
 
 
-def test_empty_lut_sequences_read_like_their_source(shared_data: Path) -> None:
+def test_empty_lut_sequences_read_like_their_source(corpus_dir: Path) -> None:
     """pydicom's own apply_modality_lut raises TypeError on this file; empty LUT = no LUT."""
-    source, _ = read_xray(shared_data / "dicom/cr_mono1_u16s12_explvr_rescale_16x16.dcm")
-    trap, meta = read_xray(shared_data / "corrupt/empty_lut_sequences.dcm")
+    source, _ = read_xray(corpus_dir / "dicom/cr_mono1_u16s12_explvr_rescale_16x16.dcm")
+    trap, meta = read_xray(corpus_dir / "corrupt/empty_lut_sequences.dcm")
     np.testing.assert_array_equal(trap, source)
     assert meta.voi_source == "window"
 
 
-def test_no_file_meta_reads_like_its_source(shared_data: Path) -> None:
-    source, _ = read_xray(shared_data / "dicom/cr_mono1_u16s12_explvr_rescale_16x16.dcm")
-    bare, meta = read_xray(shared_data / "corrupt/no_file_meta.dcm")
+def test_no_file_meta_reads_like_its_source(corpus_dir: Path) -> None:
+    source, _ = read_xray(corpus_dir / "dicom/cr_mono1_u16s12_explvr_rescale_16x16.dcm")
+    bare, meta = read_xray(corpus_dir / "corrupt/no_file_meta.dcm")
     np.testing.assert_array_equal(bare, source)
     assert meta.transfer_syntax == "1.2.840.10008.1.2.1"
 
 
-def test_big_endian_data_set_without_file_meta(shared_data: Path) -> None:
-    path = shared_data / "dicom/mr_s16_explvr_big_endian.dcm"
+def test_big_endian_data_set_without_file_meta(corpus_dir: Path) -> None:
+    path = corpus_dir / "dicom/mr_s16_explvr_big_endian.dcm"
     data = path.read_bytes()
     (meta_length,) = struct.unpack("<I", data[140:144])
     image, meta = read_xray(data[144 + meta_length :])
@@ -194,9 +228,9 @@ def test_big_endian_data_set_without_file_meta(shared_data: Path) -> None:
     assert meta.transfer_syntax == "1.2.840.10008.1.2.2"
 
 
-def test_cr_monochrome1_with_rescale_follows_the_formula(shared_data: Path) -> None:
+def test_cr_monochrome1_with_rescale_follows_the_formula(corpus_dir: Path) -> None:
     """Stored -> rescale (0.684, 200) -> window (1600, 2800) LINEAR -> inverted."""
-    path = shared_data / "dicom/cr_mono1_u16s12_explvr_rescale_16x16.dcm"
+    path = corpus_dir / "dicom/cr_mono1_u16s12_explvr_rescale_16x16.dcm"
     stored = pydicom.dcmread(path).pixel_array.astype(np.float64)
     modality = stored * 0.684 + 200
     window = np.clip((modality - (1600 - 0.5)) / (2800 - 1) + 0.5, 0, 1)
@@ -204,29 +238,29 @@ def test_cr_monochrome1_with_rescale_follows_the_formula(shared_data: Path) -> N
     np.testing.assert_allclose(image, 1 - window, atol=1e-5)
 
 
-def test_monochrome1_with_inverse_shape_is_inverted_once(shared_data: Path) -> None:
+def test_monochrome1_with_inverse_shape_is_inverted_once(corpus_dir: Path) -> None:
     """dx_mono1_u8_explvr is MONOCHROME1 *and* Presentation LUT Shape INVERSE (as DX
     requires): one inversion, so bone (high attenuation, low stored values) is bright."""
-    path = shared_data / "dicom/dx_mono1_u8_explvr.dcm"
+    path = corpus_dir / "dicom/dx_mono1_u8_explvr.dcm"
     stored = pydicom.dcmread(path).pixel_array.astype(np.float64)
     window = np.clip((stored - (128 - 0.5)) / (256 - 1) + 0.5, 0, 1)
     image, _ = read_xray(path)
     np.testing.assert_allclose(image, 1 - window, atol=1e-5)
 
 
-def test_window_that_misses_the_data_is_skipped(shared_data: Path) -> None:
+def test_window_that_misses_the_data_is_skipped(corpus_dir: Path) -> None:
     """This DX header's window (2725/5310) lies below every stored value (32744..65535):
     applied literally the whole image would be white."""
-    image, meta = read_xray(shared_data / "dicom/dx_mono2_u16s16_chest_j2k_lossless_anon.dcm")
+    image, meta = read_xray(corpus_dir / "dicom/dx_mono2_u16s16_chest_j2k_lossless_anon.dcm")
     assert meta.window_presets == ((2725.0, 5310.0),)
     assert meta.voi_source == "minmax" and image.std() > 0.1
 
 
-def test_anonymised_files_leak_nothing(shared_data: Path) -> None:
+def test_anonymised_files_leak_nothing(corpus_dir: Path) -> None:
     for row in ROWS:
         if "anonymised_copy" not in row["features"]:
             continue
-        path = shared_data / row["file"]
+        path = corpus_dir / row["file"]
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         _, meta = read_xray(path)
         text = repr(meta)

@@ -381,12 +381,12 @@ def test_medmnist_multiclass_names(tmp_path: Path) -> None:
     assert table[result.labels].to_numpy().tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 0]]
 
 
-def test_medmnist_real_pneumoniamnist_sample(shared_data: Path, tmp_path: Path) -> None:
+def test_medmnist_real_pneumoniamnist_sample(corpus_dir: Path, tmp_path: Path) -> None:
     result = import_medmnist(
-        shared_data / "pneumoniamnist", tmp_path / "pm.csv", images_out=tmp_path / "png"
+        corpus_dir / "pneumoniamnist", tmp_path / "pm.csv", images_out=tmp_path / "png"
     )
     manifest = load_manifest(result.manifest)
-    listed = pd.read_csv(shared_data / "pneumoniamnist" / "labels.csv")
+    listed = pd.read_csv(corpus_dir / "pneumoniamnist" / "labels.csv")
     assert result.n_images == 624 and result.splits == {"test": 624}
     assert manifest.label_counts().loc["pneumonia", "positive"] == 390
     assert manifest.table["pneumonia"].tolist() == listed["label"].astype(float).tolist()

@@ -11,7 +11,7 @@ working folder (replay one with ``python tests/fuzz/atheris_read_xray.py crash-.
     python tests/fuzz/atheris_read_xray.py -max_total_time=600 -timeout=10 -rss_limit_mb=4096
 
 Without a corpus folder it starts one in ``./fuzz-corpus`` from the small DICOM files in
-``../shared/data/dicom`` next to the checkout and the ones pydicom ships (libFuzzer adds the
+``tests/data/corpus/dicom`` and the ones pydicom ships (libFuzzer adds the
 inputs that reach new code to that folder; rerunning continues from it).
 """
 
@@ -39,7 +39,7 @@ def seed_corpus(folder: Path) -> Path:
         return folder
     from pydicom.data import get_testdata_files
 
-    sources = sorted((ROOT.parent / "shared" / "data" / "dicom").glob("*.dcm"))
+    sources = sorted((ROOT / "tests" / "data" / "corpus" / "dicom").glob("*.dcm"))
     sources += [Path(p) for p in get_testdata_files("*.dcm")]
     for source in sources:
         if source.stat().st_size <= MAX_SEED_BYTES:
