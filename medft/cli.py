@@ -186,6 +186,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0 if (index["status"] == "ok").any() else 1
 
 
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    """``--quiet``: no progress bar or progress lines (results and errors still print)."""
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar or progress lines on stderr"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every non-Lightning subcommand (also used to document the CLI)."""
     parser = argparse.ArgumentParser(
@@ -216,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write fake names, birth dates and accession numbers (for leak tests)",
     )
+    _add_quiet(p)
     p.set_defaults(handler=_cmd_synth)
 
     data = sub.add_parser("data", help="inspect datasets").add_subparsers(
@@ -225,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, help="manifest CSV or CLASS/** folder")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--workers", type=int, default=None)
+    _add_quiet(p)
     p.set_defaults(handler=_cmd_data_check)
     p = data.add_parser("audit", help="shortcut audit: can metadata or borders predict labels?")
     p.add_argument("--manifest", required=True, help="manifest CSV or CLASS/** folder")
@@ -240,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", action="append", default=[], metavar="COLUMN",
                    help="manifest column never used as a feature; repeatable")  # fmt: skip
     p.add_argument("--workers", type=int, default=None)
+    _add_quiet(p)
     p.set_defaults(handler=_cmd_data_audit)
     p = data.add_parser("import", help="turn a public dataset's files into a manifest CSV")
     p.add_argument("format", choices=["nih", "chexpert", "mimic", "rsna", "siim", "vindr",
@@ -258,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-out", type=Path, default=None, help="medmnist: PNG folder")
     p.add_argument("--label-names", nargs="+", default=None, help="medmnist: class names")
     p.add_argument("--patient-map", type=Path, default=None, help="folder: path,patient_id CSV")
+    _add_quiet(p)
     p.set_defaults(handler=_cmd_data_import)
 
     p = sub.add_parser(
@@ -302,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--on-bad-file", choices=["skip", "fail"], default="skip")
+    _add_quiet(p)
     p.set_defaults(handler=_cmd_evaluate)
 
     p = sub.add_parser(
@@ -329,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="`aggregate DIR`, `compare DIR_A DIR_B`, or after `--` LightningCLI overrides "
         "for every fold (e.g. -- --trainer.max_epochs 3)",
     )
+    _add_quiet(p)
     p.set_defaults(handler=_cmd_cv)
 
     p = sub.add_parser(
@@ -353,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the randomisation check and deletion/insertion scores (checks.json)",
     )  # fmt: skip
     p.add_argument("--check-max", type=int, default=20, help="images used by --check")
+    _add_quiet(p)
     p.set_defaults(handler=_cmd_explain)
 
     from medft.demo.settings import add_demo_arguments
@@ -399,6 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         parser = build_parser()
         args = parser.parse_args(argv)
+        if getattr(args, "quiet", False):
+            from medft.progress import set_quiet
+
+            set_quiet(True)
         handler: Handler | None = getattr(args, "handler", None)
         if handler is None:
             parser.print_help()

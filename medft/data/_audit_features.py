@@ -31,6 +31,7 @@ from medft.data._dicom_meta import pixel_spacing
 from medft.data._dicom_source import DICOM, RASTER_KINDS, sniff
 from medft.data.dicom import load_image
 from medft.errors import DataError, DicomReadError, MedftError
+from medft.progress import Progress, progress
 
 __all__ = [
     "BORDER_FRACTION",
@@ -128,14 +129,29 @@ def read_features(
     """
     n_workers = max(1, int(workers if workers is not None else usable_cpus()))
     paths = list(paths)
-    if n_workers == 1 or len(paths) < 2 * n_workers:
-        return _read_chunk(paths, depth)
+    what = "headers" if depth == "header" else "images"
+    with progress(f"data audit: reading {what}", total=len(paths), unit="files") as bar:
+        if n_workers == 1 or len(paths) < 2 * n_workers:
+            results: list[ImageFeatures] = []
+            for start in range(0, len(paths), _MAX_CHUNK):
+                results += _read_chunk(paths[start : start + _MAX_CHUNK], depth)
+                bar.advance(len(paths[start : start + _MAX_CHUNK]))
+            return results
+        return _read_in_pool(paths, depth, n_workers, bar)
+
+
+def _read_in_pool(
+    paths: list[str], depth: Depth, n_workers: int, bar: Progress
+) -> list[ImageFeatures]:
     size = max(1, min(_MAX_CHUNK, math.ceil(len(paths) / (n_workers * _CHUNKS_PER_WORKER))))
     chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
     try:
         with ProcessPoolExecutor(max_workers=min(n_workers, len(chunks))) as pool:
-            parts = pool.map(_read_chunk, chunks, [depth] * len(chunks))
-            return [item for part in parts for item in part]
+            results: list[ImageFeatures] = []
+            for part in pool.map(_read_chunk, chunks, [depth] * len(chunks)):
+                results += part
+                bar.advance(len(part))
+            return results
     except BrokenProcessPool as exc:
         raise DataError(
             "a reader process crashed on one of the images; run `medft data check` to find "

@@ -25,6 +25,7 @@ import numpy as np
 
 from medft.data.manifest import Manifest, load_manifest
 from medft.errors import ConfigError, MedftError
+from medft.progress import Progress, progress
 
 __all__ = ["CheckReport", "FileResult", "check_manifest"]
 
@@ -186,11 +187,15 @@ def check_manifest(
                 "module-level function, or workers=1"
             ) from exc
     started = time.perf_counter()
-    if n_workers == 1 or len(paths) <= 1:
-        results = _read_chunk(paths, read_fn)
-        n_workers = 1
-    else:
-        results = _read_in_pool(paths, read_fn, n_workers)
+    with progress("data check: reading", total=len(paths), unit="files") as bar:
+        if n_workers == 1 or len(paths) <= 1:
+            results = []
+            for start in range(0, len(paths), _MAX_CHUNK):
+                results += _read_chunk(paths[start : start + _MAX_CHUNK], read_fn)
+                bar.advance(len(paths[start : start + _MAX_CHUNK]))
+            n_workers = 1
+        else:
+            results = _read_in_pool(paths, read_fn, n_workers, bar)
     elapsed = time.perf_counter() - started
     return _summarise(manifest, results, elapsed, n_workers)
 
@@ -239,7 +244,9 @@ def _read_chunk(paths: Sequence[str], read_fn: ReadFn | None) -> list[FileResult
     return [_read_one(path, read_fn) for path in paths]
 
 
-def _read_in_pool(paths: list[str], read_fn: ReadFn | None, workers: int) -> list[FileResult]:
+def _read_in_pool(
+    paths: list[str], read_fn: ReadFn | None, workers: int, bar: Progress | None = None
+) -> list[FileResult]:
     """Read files in chunks across processes, isolating any file that kills its worker.
 
     Chunks amortise process overhead; several chunks per worker keep the cores busy when
@@ -251,12 +258,14 @@ def _read_in_pool(paths: list[str], read_fn: ReadFn | None, workers: int) -> lis
     batches = [(start, paths[start : start + size]) for start in range(0, len(paths), size)]
     results: list[FileResult | None] = [None] * len(paths)
     suspects: list[int] = []
-    for start, batch in _run_batches(batches, read_fn, workers, results):
+    for start, batch in _run_batches(batches, read_fn, workers, results, bar):
         suspects.extend(range(start, start + len(batch)))
     singles = [(i, [paths[i]]) for i in suspects]
-    for index, _ in _run_batches(singles, read_fn, workers, results):
-        if not _run_batches([(index, [paths[index]])], read_fn, 1, results):
+    for index, _ in _run_batches(singles, read_fn, workers, results, bar):
+        if not _run_batches([(index, [paths[index]])], read_fn, 1, results, bar):
             continue
+        if bar is not None:
+            bar.advance(1)  # the culprit is done too: reported as unreadable
         results[index] = FileResult(
             paths[index], error="unexpected: the reader process crashed on this file"
         )
@@ -271,8 +280,12 @@ def _run_batches(
     read_fn: ReadFn | None,
     workers: int,
     results: list[FileResult | None],
+    bar: Progress | None = None,
 ) -> list[tuple[int, list[str]]]:
-    """Run batches in one pool, filling ``results``; return the batches lost to a crash."""
+    """Run batches in one pool, filling ``results``; return the batches lost to a crash.
+
+    ``bar`` counts the files of every batch that came back.
+    """
     if not batches:
         return []
     lost = []
@@ -284,6 +297,8 @@ def _run_batches(
             start, batch = futures[future]
             try:
                 results[start : start + len(batch)] = future.result()
+                if bar is not None:
+                    bar.advance(len(batch))
             except BrokenProcessPool:
                 lost.append((start, batch))
     return sorted(lost)

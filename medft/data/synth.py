@@ -48,6 +48,7 @@ from medft.data._phantom import (
     sample_pose,
 )
 from medft.errors import ConfigError
+from medft.progress import progress
 
 __all__ = [
     "CSV_COLUMNS",
@@ -646,11 +647,17 @@ def synthesize(
         )
         for first in range(0, n_patients, chunk)
     ]
-    if workers == 1 or len(jobs) == 1:
-        batches = [_run_job(job) for job in jobs]
-    else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-            batches = list(pool.map(_run_job, jobs))
+    batches: list[list[dict[str, str]]] = []
+    with progress("synth: writing", total=n_patients, unit="patients") as bar:
+        if workers == 1 or len(jobs) == 1:
+            for job in jobs:
+                batches.append(_run_job(job))
+                bar.advance(len(job.patients))
+        else:
+            with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+                for job, batch in zip(jobs, pool.map(_run_job, jobs), strict=True):
+                    batches.append(batch)
+                    bar.advance(len(job.patients))
     rows = [row for batch in batches for row in batch]
 
     labels_csv = root / "labels.csv"

@@ -49,6 +49,7 @@ from medft.eval.metrics import auroc, delong_test, paired_bootstrap, roc_band
 from medft.eval.predict import predict_manifest, prob_column, skipped_table
 from medft.eval.report import NOTICE, cv_report
 from medft.eval.subgroups import gap_warnings, subgroup_metrics
+from medft.progress import progress
 
 __all__ = [
     "FoldId",
@@ -464,8 +465,11 @@ def run(
         todo = [f for f in todo if f.repeat == int(repeat)]
     say(f"study in {out}: folds written to {out / FOLDS_CSV}; {len(todo)} fold(s) to run")
     study_audit(out, say=say)
-    for fid in todo:
-        _run_fold(study, out, fid, resume=resume, say=say)
+    # Plain lines, never a bar: each fold's fit draws Lightning's own bar on a terminal.
+    with progress("cv", total=len(todo), unit="folds", quiet=quiet or None, style="lines") as bar:
+        for fid in todo:
+            _run_fold(study, out, fid, resume=resume, say=say)
+            bar.advance()
     missing = missing_folds(out)
     if not missing:
         summary = aggregate(out)

@@ -22,6 +22,7 @@ from medft._io import atomic_path
 from medft.data.manifest import load_manifest
 from medft.data.splits import inner_split
 from medft.errors import DataError
+from medft.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +140,15 @@ def index_files(root: Path, suffixes: Sequence[str]) -> dict[str, Path]:
     """
     wanted = tuple(s.lower() for s in suffixes)
     found: dict[str, Path] = {}
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.lower().endswith(wanted) and not name.startswith("."):
-                stem = name[: name.rfind(".")]
-                found.setdefault(stem, Path(folder) / name)
+    with progress("data import: indexing", unit="files") as bar:
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            before = len(found)
+            for name in sorted(files):
+                if name.lower().endswith(wanted) and not name.startswith("."):
+                    stem = name[: name.rfind(".")]
+                    found.setdefault(stem, Path(folder) / name)
+            bar.advance(len(found) - before)
     return found
 
 

@@ -22,6 +22,7 @@ from medft.data.importers._common import (
     write_manifest,
 )
 from medft.errors import DataError
+from medft.progress import track
 
 CHEXPERT_LABELS: dict[str, str] = {
     "No Finding": "no_finding",
@@ -94,7 +95,8 @@ def import_chexpert(
         if "view" not in table.columns:
             raise DataError(f"{root}: frontal_only needs the 'Frontal/Lateral' column")
         table = table[table["view"].str.lower() == "frontal"].reset_index(drop=True)
-    files = {p: Path(p) for p in table["image"] if Path(p).is_file()}
+    listed = track(table["image"], "data import: finding images", unit="files")
+    files = {p: Path(p) for p in listed if Path(p).is_file()}
     table, n_missing = attach_paths(table, table["image"], files, missing=missing, root=root)
     table = table.drop(columns="image")
     labels = list(CHEXPERT_LABELS.values())

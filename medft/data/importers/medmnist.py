@@ -20,6 +20,7 @@ from PIL import Image
 
 from medft.data.importers._common import ImportResult, snake_case, write_manifest
 from medft.errors import DataError
+from medft.progress import progress
 
 SPLITS = ("train", "val", "test")
 
@@ -63,13 +64,16 @@ def import_medmnist(
     out_path = Path(out).absolute()
     image_dir = Path(images_out) if images_out else out_path.parent / f"{flag}_images"
     records: list[dict[str, object]] = []
-    for split, (images, targets) in arrays.items():
-        for index, (image, target) in enumerate(zip(images, targets, strict=True)):
-            path = (image_dir / split / f"{split}_{index:05d}.png").absolute()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(path, format="PNG")
-            records.append({"path": str(path), "patient_id": f"{split}_{index:05d}",
-                            "split": split, "index": index, "target": target})  # fmt: skip
+    total = sum(len(images) for images, _ in arrays.values())
+    with progress("data import: writing PNGs", total=total, unit="images") as bar:
+        for split, (images, targets) in arrays.items():
+            for index, (image, target) in enumerate(zip(images, targets, strict=True)):
+                path = (image_dir / split / f"{split}_{index:05d}.png").absolute()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).save(path, format="PNG")
+                records.append({"path": str(path), "patient_id": f"{split}_{index:05d}",
+                                "split": split, "index": index, "target": target})  # fmt: skip
+                bar.advance()
     table = pd.DataFrame.from_records(records)
     names, columns = _label_columns(flag, np.stack(table["target"].to_list()), label_names)
     table = pd.concat([table.drop(columns="target"), columns], axis=1)

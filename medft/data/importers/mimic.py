@@ -20,6 +20,7 @@ from medft.data.importers._common import (
 )
 from medft.data.importers.chexpert import CHEXPERT_LABELS, chexpert_labels
 from medft.errors import DataError
+from medft.progress import track
 
 FRONTAL_VIEWS = ("PA", "AP")
 """``ViewPosition`` values counted as frontal."""
@@ -83,7 +84,8 @@ def import_mimic(
             raise DataError(f"{meta_csv}: frontal_only needs the 'ViewPosition' column")
         table = table[table["view"].isin(FRONTAL_VIEWS)].reset_index(drop=True)
     expected = _image_paths(root, table)
-    files = {str(p): p for p in expected if p.is_file()}
+    listed = track(expected, "data import: finding images", unit="files")
+    files = {str(p): p for p in listed if p.is_file()}
     table, n_missing = attach_paths(table, expected.map(str), files, missing=missing, root=root)
     table = table.drop(columns=["subject_id", "dicom_id"])
     return write_manifest(out, table, labels, n_missing=n_missing)

@@ -24,6 +24,7 @@ from medft.data.importers._common import (
     write_sidecar,
 )
 from medft.errors import DataError
+from medft.progress import track
 
 RLE_TABLES = {"train-rle.csv": "relative", "stage_2_train.csv": "absolute"}
 """Mask table name -> its RLE flavour (``relative``: start offsets are gaps since the end
@@ -61,9 +62,9 @@ def import_siim(
     table = pd.DataFrame({"image_id": positive.index, "pneumothorax": positive.to_numpy(float)})
     files = index_files(root, (".dcm",))
     table, n_missing = attach_paths(table, table["image_id"], files, missing=missing, root=root)
-    table["patient_id"] = [
-        _patient_id(Path(p), uid) for p, uid in zip(table["path"], table["image_id"], strict=True)
-    ]
+    pairs = zip(table["path"], table["image_id"], strict=True)
+    headers = track(pairs, "data import: reading headers", total=len(table), unit="files")
+    table["patient_id"] = [_patient_id(Path(p), uid) for p, uid in headers]
     table = table.drop(columns="image_id")
 
     masks = rows[has_mask].copy()
