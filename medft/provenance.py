@@ -7,13 +7,21 @@ cheap enough to call anywhere.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import platform
+import shlex
 import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-__all__ = ["STACK", "git_commit", "software_versions"]
+__all__ = ["RUN_JSON", "STACK", "git_commit", "run_record", "software_versions"]
+
+RUN_JSON = "run.json"
+"""File name of the run record every command writes into its output folder."""
 
 STACK = ("medft", "torch", "torchvision", "timm", "lightning", "monai", "pydicom", "numpy")
 """Distributions whose versions every record names."""
@@ -65,3 +73,21 @@ def software_versions(*, commit: bool = True) -> dict[str, str | None]:
     if commit:
         versions["medft_commit"] = git_commit()
     return versions
+
+
+def run_record(
+    *, argv: Sequence[str] | None = None, settings: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a command's ``run.json`` holds: when, the exact command line, settings, versions.
+
+    Args:
+        argv: The command line (default: this process's ``sys.argv``).
+        settings: The resolved options of the command (plain JSON values).
+    """
+    words = list(sys.argv if argv is None else argv)
+    return {
+        "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "command": shlex.join(words),
+        "settings": dict(settings or {}),
+        "software": software_versions(),
+    }
