@@ -9,8 +9,9 @@ table printed first is the check that they do. Writes OUT/stages.json and OUT/ru
 """
 
 import argparse
+import json
+from pathlib import Path
 
-from medft._io import write_json
 from medft.data.synth import synthesize
 from medft.lightning_cli import run_lightning
 from medft.model.backbones import create_backbone
@@ -27,7 +28,9 @@ name = "test_convnext" if args.smoke else args.backbone
 
 schedule = FinetuneSchedule(create_backbone(name, pretrained=False, num_classes=1), lr_decay=0.7)
 stages = {s.name: [s.numel, schedule.lr_scale(i)] for i, s in enumerate(schedule.stages)}
-write_json(f"{args.out}/stages.json", stages)  # stem to head: parameters, LR factor
+Path(args.out).mkdir(parents=True, exist_ok=True)
+# stem to head: parameters, LR factor
+Path(args.out, "stages.json").write_text(json.dumps(stages, indent=2))
 for stage, (n, scale) in stages.items():
     print(f"{stage:>12} {n:>10,} parameters  LR x{scale:.3f}")
 

@@ -9,10 +9,11 @@ BatchNorm and the LR lambdas all derive from it. Writes OUT/plan.json and OUT/ru
 """
 
 import argparse
+import json
+from pathlib import Path
 
 import lightning as L
 
-from medft._io import write_json
 from medft.data.datamodule import XrayDataModule
 from medft.data.synth import synthesize
 from medft.lightning_cli import trainer_defaults
@@ -45,7 +46,9 @@ dm = XrayDataModule(str(data.labels_csv), labels=["abnormal"], image_size=64 if 
 model = Classifier(backbone="test_resnet" if smoke else "tf_efficientnet_lite0",
                    pretrained=not smoke, labels=dm.labels, task=dm.task)  # fmt: skip
 plan = {e: [s for s, on in model.schedule.describe(e)["stages"].items() if on] for e in range(5)}
-write_json(f"{args.out}/plan.json", plan)  # the stages that train in each epoch
+Path(args.out).mkdir(parents=True, exist_ok=True)
+# the stages that train in each epoch
+Path(args.out, "plan.json").write_text(json.dumps(plan, indent=2))
 print("\n".join(f"epoch {e}: {', '.join(stages)}" for e, stages in plan.items()))
 epochs = 1 if smoke else 6
 settings = trainer_defaults() | {"default_root_dir": f"{args.out}/run", "max_epochs": epochs}
