@@ -17,7 +17,8 @@ from pathlib import Path
 from medft import __version__
 from medft.errors import ConfigError, MedftError
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+"""Subcommands LightningCLI runs. ``predict`` is medft's own (it writes its predictions)."""
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -186,11 +187,62 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0 if (index["status"] == "ok").any() else 1
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from medft.workflows.predict import format_summary, predict
+
+    run = predict(
+        args.input,
+        args.out,
+        checkpoints=args.checkpoint or (),
+        study=args.study,
+        tta=args.tta,
+        tta_flip=args.tta_flip,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        on_bad_file=args.on_bad_file,
+        include_patient_id=args.include_patient_id,
+        device=args.device,
+        quiet=args.quiet or None,
+    )
+    print(format_summary(run))
+    return 0 if len(run.predictions.table) else 1
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from medft.workflows.export import export
+
+    result = export(
+        args.checkpoint,
+        args.out,
+        format=args.format,
+        input_dtype=args.input_dtype,
+        check=not args.no_check,
+    )
+    print(result.describe())
+    return 0
+
+
 def _add_quiet(parser: argparse.ArgumentParser) -> None:
     """``--quiet``: no progress bar or progress lines (results and errors still print)."""
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar or progress lines on stderr"
     )
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    from medft.results.send import send_results
+
+    report_path = args.report or Path(args.folder) / "send_report.json"
+    report = send_results(
+        args.folder,
+        args.to,
+        calling_aet=args.aet,
+        retries=args.retries,
+        timeout=args.timeout,
+        report_path=report_path,
+    )
+    print(f"{report.format()}\nreport: {report_path}")
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -368,6 +420,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-max", type=int, default=20, help="images used by --check")
     _add_quiet(p)
     p.set_defaults(handler=_cmd_explain)
+
+    p = sub.add_parser(
+        "predict",
+        help="score new images (no labels needed): predictions.csv, skipped_files.csv, run.json",
+        description="Score a manifest, a folder or a file with one checkpoint, an ensemble "
+        "(--checkpoint repeated) or a cross-validation study's fold models (--study). "
+        "Example: medft predict --checkpoint run/checkpoints/best.ckpt --input scans/ --out preds",
+    )
+    p.add_argument("--checkpoint", type=Path, action="append", help="a checkpoint (repeatable)")
+    p.add_argument("--study", type=Path, default=None, help="a `medft cv` folder: its fold models")
+    p.add_argument("--input", required=True, type=Path, help="manifest CSV, folder or image file")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--tta", action="store_true", help="average over small shifts and zooms")
+    p.add_argument("--tta-flip", action="store_true", help="with --tta: add a left-right flip")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--num-workers", type=int, default=0, help="processes decoding images")
+    p.add_argument("--on-bad-file", choices=("skip", "fail"), default="skip",
+                   help="skip unreadable files (listed with reasons) or stop at the first")  # fmt: skip
+    p.add_argument("--include-patient-id", action="store_true",
+                   help="write raw patient IDs (default: salted keys only)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    _add_quiet(p)
+    p.set_defaults(handler=_cmd_predict)
+
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX or TorchScript (calibrated probabilities out)",
+        description="The exported graph takes the cached-form batch (N, 1, S, S) uint8/uint16 "
+        "and returns calibrated probabilities; a JSON sidecar says how to make its input. "
+        "Example: medft export --checkpoint best.ckpt --format onnx --out model.onnx",
+    )
+    p.add_argument("--checkpoint", required=True, type=Path, help="the checkpoint to export")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--out", required=True, type=Path, help="output model file")
+    p.add_argument("--input-dtype", choices=("auto", "uint8", "uint16"), default="auto",
+                   help="input pixel type (auto: the checkpoint's cache dtype)")  # fmt: skip
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the check against the Predictor (ONNX needs onnxruntime)")  # fmt: skip
+    p.set_defaults(handler=_cmd_export)
+
+    p = sub.add_parser(
+        "send", help="store DICOM results (SR, captures) in a PACS: DICOMweb or DIMSE"
+    )
+    p.add_argument("folder", help="folder of results (*.dcm, recursive), e.g. a --dicom-out")
+    p.add_argument(
+        "--to", required=True,
+        help="http(s)://host:port/dicom-web (STOW-RS) or dicom://AET@host:port (C-STORE)",
+    )  # fmt: skip
+    p.add_argument("--aet", default="MEDFT", help="our calling AE title (DIMSE)")
+    p.add_argument("--retries", type=int, default=3, help="attempts per request")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per network operation")
+    p.add_argument("--report", type=Path, default=None,
+                   help="JSON report to write (default: FOLDER/send_report.json)")  # fmt: skip
+    p.set_defaults(handler=_cmd_send)
 
     from medft.demo.settings import add_demo_arguments
 

@@ -40,6 +40,10 @@ class CheckpointError(MedftError):
     """A checkpoint is missing, unsafe or does not belong to medft."""
 
 
+class PacsError(MedftError):
+    """A PACS could not be reached, refused the association, or refused what was sent."""
+
+
 def medft_cause(error: BaseException) -> MedftError | None:
     """The first MedftError in an exception's ``__cause__`` chain (itself included), if any.
 

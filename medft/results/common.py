@@ -1,0 +1,165 @@
+"""What every DICOM result needs: the findings, the model, and the source image's header.
+
+A result written as DICOM files next to the image it describes, in the same study, so a
+PACS viewer shows it beside the radiograph. The patient and study modules come from the
+source file's header; they are copied into the DICOM outputs only and never into medft's
+own CSV/JSON/log output (which names files by running numbers, see
+:func:`medft.explain.batch.output_id`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, generate_uid
+
+from medft import __version__
+from medft.errors import ConfigError, DicomReadError
+
+#: Shown on every capture and in every result series' description.
+RESEARCH_BANNER = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
+#: Manufacturer written into the equipment module of every result.
+MANUFACTURER = "medft (research software)"
+#: Coding scheme designator of medft's own concepts (finding names, probability, threshold).
+#: A ``99`` prefix marks a private scheme (DICOM PS3.16 section 8.2).
+CODING_SCHEME = "99MEDFT"
+
+# Type 2 patient/study attributes: present in a valid image, possibly empty. A file that
+# lacks them (synthetic data, some exports) gets them empty, which the standard allows.
+_TYPE2_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+_REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+@dataclass(frozen=True)
+class FindingResult:
+    """One finding of one image, as the model called it.
+
+    Attributes:
+        finding: the finding's name (a label of the checkpoint).
+        probability: the (calibrated, where the checkpoint has a temperature) probability.
+        threshold: the stored operating point the call was made at.
+        positive: the call (``probability >= threshold``, decided by the caller's one rule).
+        threshold_source: where the threshold came from (e.g. ``checkpoint``, ``default``).
+        calibrated: whether ``probability`` went through the stored temperature.
+    """
+
+    finding: str
+    probability: float
+    threshold: float
+    positive: bool
+    threshold_source: str = "checkpoint"
+    calibrated: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.finding:
+            raise ConfigError("a finding result needs a finding name")
+        if not 0.0 <= float(self.probability) <= 1.0:
+            raise ConfigError(
+                f"finding {self.finding!r}: probability {self.probability} is not in [0, 1]"
+            )
+
+    def caption(self) -> str:
+        """One line for a capture: ``name p=0.812 POSITIVE at 0.430``."""
+        call = "POSITIVE" if self.positive else "negative"
+        return f"{self.finding} p={self.probability:.3f} {call} at {self.threshold:.3f}"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model that made a result, as named in the DICOM outputs (the observer device).
+
+    Attributes:
+        name: the backbone (timm model name) of the checkpoint.
+        version: the medft version that wrote the result.
+        checkpoint_sha256: SHA-256 of the checkpoint file (which weights, exactly).
+    """
+
+    name: str
+    version: str
+    checkpoint_sha256: str
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, name: str | None = None) -> ModelInfo:
+        """Hash the checkpoint file and read its backbone name (safe loading)."""
+        path = Path(path)
+        if name is None:
+            from medft.model.checkpoint import read_checkpoint
+
+            hparams = read_checkpoint(path).get("hyper_parameters") or {}
+            name = str(hparams.get("backbone") or "unknown")
+        return cls(name=name, version=__version__, checkpoint_sha256=file_sha256(path))
+
+    @property
+    def device_uid(self) -> str:
+        """A UID for this exact model (same checkpoint bytes and medft version, same UID)."""
+        return generate_uid(entropy_srcs=["medft", self.version, self.checkpoint_sha256])
+
+    def describe(self) -> str:
+        """``medft 0.1.0 tf_efficientnet_lite0 ckpt ab12cd34ef56`` (SHA-256 prefix)."""
+        return f"medft {self.version} {self.name} ckpt {self.checkpoint_sha256[:12]}"
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_source(path: str | Path) -> Dataset:
+    """The source image's header (no pixel data), with empty Type 2 patient/study fields added.
+
+    Raises:
+        DicomReadError: the file is not DICOM, or lacks the UIDs a result must reference.
+    """
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError) as exc:
+        raise DicomReadError(f"{path}: not a readable DICOM file ({exc})") from None
+    missing = [keyword for keyword in _REQUIRED_UIDS if not ds.get(keyword)]
+    if missing:
+        raise DicomReadError(
+            f"{path}: cannot file a result next to this image: it has no {', '.join(missing)}"
+        )
+    if "Rows" not in ds or "Columns" not in ds:
+        raise DicomReadError(f"{path}: not an image (no Rows/Columns); no result written")
+    for keyword in _TYPE2_KEYWORDS:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
+def result_uid(*parts: Any) -> UID:
+    """A UID derived from ``parts`` (the same parts give the same UID: re-runs replace)."""
+    return generate_uid(entropy_srcs=["medft-results", *map(str, parts)])
+
+
+def check_findings(findings: Sequence[FindingResult]) -> list[FindingResult]:
+    """At least one finding, names unique; returns them as a list."""
+    findings = list(findings)
+    if not findings:
+        raise ConfigError("a DICOM result needs at least one finding")
+    names = [f.finding for f in findings]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"finding names repeat: {names}")
+    return findings
