@@ -16,15 +16,65 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from medft.data.datamodule import XrayDataModule
 from medft.data.loader_monitor import LoaderMonitor
 from medft.errors import ConfigError
+from medft.model.averaging import WeightEMA
+from medft.model.checkpoint import local_checkpoint, read_checkpoint, safe_torch_load
+from medft.model.l2sp import L2SP
 from medft.model.module import XrayClassifier
 
 DEFAULT_ROOT = "medft-runs/run"
+_LIGHTNING_CKPT_NAMES = ("last", "best", "hpc")
+"""``ckpt_path`` values Lightning resolves itself (to files of this run)."""
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O with one change: loading is always ``weights_only=True``.
+
+    Lightning unpickles a checkpoint given as a URL with ``weights_only=False`` (a crafted
+    file runs code). Here a URL is refused unless the user opted in
+    (``MEDFT_ALLOW_REMOTE_CHECKPOINTS=1``; then it is downloaded first), and every file is
+    read by :func:`medft.model.checkpoint.safe_torch_load`, whatever ``weights_only`` the
+    caller asked for.
+    """
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Load ``path`` safely (see the class docstring); errors are ``CheckpointError``."""
+        local = local_checkpoint(path)
+        if not local.is_file():
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        return safe_torch_load(local, map_location or "cpu", label=str(path))
+
+
+def make_checkpoint_loading_safe(trainer: Trainer) -> None:
+    """Give ``trainer`` the :class:`SafeCheckpointIO` (unless a custom plugin was chosen)."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = SafeCheckpointIO()
+
+
+def checked_ckpt_path(ckpt_path: str | None) -> str | None:
+    """Check a ``--ckpt_path`` before Lightning touches it; return a safe local path.
+
+    A URL is refused (or downloaded, with the opt-in); a local file must load with
+    ``weights_only=True``. Lightning's own names (``last``, ``best``, ``hpc``,
+    ``registry...``) pass through.
+
+    Raises:
+        CheckpointError: one line naming the file and what is wrong with it.
+    """
+    if not ckpt_path or ckpt_path in _LIGHTNING_CKPT_NAMES or ckpt_path.startswith("registry"):
+        return ckpt_path
+    local = local_checkpoint(ckpt_path)
+    read_checkpoint(local)
+    return str(local)
 
 
 def trainer_defaults() -> dict[str, Any]:
@@ -83,9 +133,37 @@ class MedftLightningCLI(LightningCLI):
         )
         # Warns once when the model waits on the loader (--loader_monitor.enabled false: off).
         parser.add_lightning_class_args(LoaderMonitor, "loader_monitor")
+        # Small-data regularisers and diagnostics (docs/finetuning.md): an EMA of the weights
+        # (--ema.enabled true), L2-SP toward the pretrained weights (--l2sp.alpha), and the
+        # per-stage forgetting meter.
+        parser.add_lightning_class_args(WeightEMA, "ema")
+        parser.add_lightning_class_args(L2SP, "l2sp")
         parser.link_arguments("data.labels", "model.labels", apply_on="instantiate")
         parser.link_arguments("data.task", "model.task", apply_on="instantiate")
         parser.link_arguments("trainer.default_root_dir", "data.run_dir")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then vet ``ckpt_path`` before Lightning reads hyper-parameters from it."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        if config.get("weights_only") is False:
+            raise ConfigError(
+                "weights_only=false is not allowed: medft loads every checkpoint with "
+                "weights_only=True (a checkpoint that needs more could run code)"
+            )
+        if "weights_only" in config:
+            config["weights_only"] = True
+        if "ckpt_path" in config:
+            config["ckpt_path"] = checked_ckpt_path(config.get("ckpt_path"))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with checkpoint loading made safe (:class:`SafeCheckpointIO`)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        make_checkpoint_loading_safe(trainer)
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         """Log to CSV and TensorBoard inside the run directory unless told otherwise."""

@@ -93,9 +93,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the demo's options to ``parser`` (``medft demo`` and ``python demo/app.py``)."""
     parser.add_argument(
         "--checkpoint",
-        type=Path,
         default=None,
-        help="medft checkpoint (.ckpt); default: the quickstart model if there is one",
+        help="medft checkpoint (.ckpt); default: the quickstart model if there is one "
+        "(a URL only with MEDFT_ALLOW_REMOTE_CHECKPOINTS=1)",
     )
     parser.add_argument(
         "--host",
@@ -147,8 +147,13 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     """Build :class:`DemoSettings` from parsed arguments (auth may come from the environment)."""
     auth = parse_auth(args.auth or os.environ.get(AUTH_ENV))
+    checkpoint = args.checkpoint
+    if checkpoint is not None and "://" in str(checkpoint):
+        from medft.model.checkpoint import local_checkpoint  # refused, or downloaded and checked
+
+        checkpoint = local_checkpoint(str(checkpoint))
     return DemoSettings(
-        checkpoint=args.checkpoint,
+        checkpoint=None if checkpoint is None else Path(checkpoint),
         host=args.host,
         port=args.port,
         auth=auth,

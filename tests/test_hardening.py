@@ -1,0 +1,211 @@
+"""Hardening round two (issue 18): attacks and faults a careless user or an attacker tries.
+
+Each test here reproduces one numbered item of the issue and failed before its fix; the
+table in docs/reliability.md maps each to what medft does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from medft.cli import main
+from medft.errors import CheckpointError
+
+# ------------------------------------------------------------ 1. checkpoints from URLs
+
+
+class _Payload:
+    """Unpickling this touches ``marker``: a stand-in for arbitrary code."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def _crafted_checkpoint(folder: Path, marker: Path) -> Path:
+    """A file shaped like a Lightning checkpoint whose unpickling runs code."""
+    _Payload.marker = str(marker)
+    path = folder / "evil.ckpt"
+    import torch
+
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "payload": _Payload()}, path)
+    return path
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:  # keep stderr for medft's own message
+        pass
+
+
+@contextlib.contextmanager
+def _serve(folder: Path) -> Iterator[str]:
+    """Serve ``folder`` over HTTP on 127.0.0.1 (a free port); yield the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def crafted(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
+    """(URL of a crafted checkpoint, the same file locally, the marker it would create)."""
+    marker = tmp_path / "code-ran"
+    served = tmp_path / "served"
+    served.mkdir()
+    local = _crafted_checkpoint(served, marker)
+    with _serve(served) as base:
+        yield f"{base}/evil.ckpt", local, marker
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+@pytest.mark.parametrize("opt_in", [False, True], ids=["refused", "opted-in"])
+def test_ckpt_path_url_never_runs_code(
+    subcommand: str,
+    opt_in: bool,
+    crafted: tuple[str, Path, Path],
+    tiny_dataset: Path,
+    fit_args,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url, _, marker = crafted
+    if opt_in:
+        monkeypatch.setenv("MEDFT_ALLOW_REMOTE_CHECKPOINTS", "1")
+    else:
+        monkeypatch.delenv("MEDFT_ALLOW_REMOTE_CHECKPOINTS", raising=False)
+    args = [subcommand, *fit_args(tiny_dataset, tmp_path / "run"), "--ckpt_path", url]
+    assert main(args) == 2
+    assert not marker.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "evil.ckpt" in err[0]
+    assert ("refused to load a checkpoint from a URL" in err[0]) != opt_in
+    if opt_in:
+        assert "could run code" in err[0]
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+def test_crafted_local_ckpt_path_is_one_clear_line(
+    subcommand: str,
+    crafted: tuple[str, Path, Path],
+    tiny_dataset: Path,
+    fit_args,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The resume path (``--ckpt_path last.ckpt``) with a crafted file: refused, no traceback."""
+    _, local, marker = crafted
+    args = [subcommand, *fit_args(tiny_dataset, tmp_path / "run"), "--ckpt_path", str(local)]
+    assert main(args) == 2
+    assert not marker.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could run code" in err[0] and "Traceback" not in err[0], err
+
+
+def test_text_file_as_checkpoint_is_not_called_dangerous(
+    tiny_dataset: Path, fit_args, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint at all\n")
+    assert main(["fit", *fit_args(tiny_dataset, tmp_path / "run"), "--ckpt_path", str(text)]) == 2
+    err = capsys.readouterr().err
+    assert "not a PyTorch checkpoint" in err and "could run code" not in err
+
+
+def test_weights_only_false_is_refused(
+    tiny_dataset: Path, fit_args, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["validate", *fit_args(tiny_dataset, tmp_path / "run"), "--weights_only", "false"]
+    assert main(args) == 2
+    assert "weights_only=false is not allowed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("opt_in", [False, True], ids=["refused", "opted-in"])
+@pytest.mark.parametrize("command", ["evaluate", "explain", "demo"])
+def test_checkpoint_option_url_never_runs_code(
+    command: str,
+    opt_in: bool,
+    crafted: tuple[str, Path, Path],
+    tiny_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, _, marker = crafted
+    if opt_in:
+        monkeypatch.setenv("MEDFT_ALLOW_REMOTE_CHECKPOINTS", "1")
+    else:
+        monkeypatch.delenv("MEDFT_ALLOW_REMOTE_CHECKPOINTS", raising=False)
+    out = str(tmp_path / "out")
+    argv = {
+        "evaluate": ["evaluate", "--checkpoint", url, "--manifest", str(tiny_dataset)],
+        "explain": ["explain", "--checkpoint", url, "--input", str(tiny_dataset.parent)],
+        "demo": ["demo", "--checkpoint", url, "--port", "0"],
+    }[command]
+    if command != "demo":
+        argv += ["--out", out]
+    if command == "demo":
+        import argparse
+
+        from medft.demo import settings_from_args, start_demo
+        from medft.demo.settings import add_demo_arguments
+
+        parser = argparse.ArgumentParser()
+        add_demo_arguments(parser)
+        with pytest.raises(CheckpointError, match="could run code" if opt_in else "from a URL"):
+            start_demo(settings_from_args(parser.parse_args(argv[1:])))
+    else:
+        assert main(argv) == 2
+    assert not marker.exists()
+
+
+def test_programmatic_trainer_loads_remote_checkpoints_safely(
+    crafted: tuple[str, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even a Trainer built by hand (cv builds one) gets the safe checkpoint I/O."""
+    from lightning.pytorch import Trainer
+
+    from medft.lightning_cli import make_checkpoint_loading_safe
+
+    url, local, marker = crafted
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    make_checkpoint_loading_safe(trainer)
+    with pytest.raises(CheckpointError, match="refused"):
+        trainer.strategy.load_checkpoint(url, weights_only=False)
+    monkeypatch.setenv("MEDFT_ALLOW_REMOTE_CHECKPOINTS", "1")
+    for source in (url, local):
+        with pytest.raises(CheckpointError, match="could run code"):
+            trainer.strategy.load_checkpoint(source, weights_only=False)
+    assert not marker.exists()
+
+
+def test_cv_resume_gate_and_pretrained_file_refuse_crafted_files(
+    crafted: tuple[str, Path, Path],
+) -> None:
+    from medft.errors import WeightsError
+    from medft.eval.cv import _readable_checkpoint
+    from medft.model.backbones import create_backbone
+
+    url, local, marker = crafted
+    assert _readable_checkpoint(local) is False  # cv --resume restarts the fold instead
+    for source in (url, local.with_suffix(".pth")):
+        if not str(source).startswith("http"):
+            local.rename(source)
+        with pytest.raises(WeightsError):
+            create_backbone(
+                "test_efficientnet", num_classes=1, pretrained=True, pretrained_file=str(source)
+            )
+    assert not marker.exists()
