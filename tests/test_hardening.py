@@ -209,3 +209,63 @@ def test_cv_resume_gate_and_pretrained_file_refuse_crafted_files(
                 "test_efficientnet", num_classes=1, pretrained=True, pretrained_file=str(source)
             )
     assert not marker.exists()
+
+
+# ------------------------------------------------------------ 2. a typo in a label column
+
+
+def _manifest_with_typo(folder: Path, typo: str, rows: int = 30) -> Path:
+    """A manifest whose 0/1 ``effusion`` column has ``typo`` in row 8 (files are stubs)."""
+    folder.mkdir(parents=True)
+    lines = ["path,patient_id,abnormal,effusion,site"]
+    for i in range(rows):
+        (folder / f"{i}.dcm").write_bytes(b"stub")
+        effusion = typo if i == 7 else str(i % 2)
+        lines.append(f"{i}.dcm,P{i},{(i // 2) % 2},{effusion},{i % 3}")
+    labels = folder / "labels.csv"
+    labels.write_text("\n".join(lines) + "\n")
+    return labels
+
+
+@pytest.mark.parametrize("typo", ["yes", "2"])
+def test_stray_value_in_an_inferred_label_column_names_row_and_column(
+    typo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medft.data.manifest import load_manifest
+    from medft.errors import DataError
+
+    labels = _manifest_with_typo(tmp_path / "data", typo)
+    with pytest.raises(DataError) as caught:
+        load_manifest(labels)
+    message = str(caught.value)
+    assert f"row 8 (line 9), column 'effusion': '{typo}' is not a label value" in message
+    assert "site" not in message  # an evenly spread 0/1/2 column stays metadata
+    assert main(["data", "check", "--manifest", str(labels)]) == 2
+    assert "'effusion'" in capsys.readouterr().err
+    # Named labels keep the column as metadata: the user's explicit choice.
+    manifest = load_manifest(labels, labels=["abnormal"])
+    assert "effusion" not in manifest.labels and "effusion" in manifest.table
+
+
+# ------------------------------------------------------------ 7. one file, two names
+
+
+def test_two_rows_naming_one_file_through_a_symlink_are_duplicates(tmp_path: Path) -> None:
+    from medft.data.manifest import load_manifest
+    from medft.errors import DataError
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.dcm").write_bytes(b"stub")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "y.dcm").write_bytes(b"stub")
+    (tmp_path / "alias").symlink_to(tmp_path / "a")  # a linked folder
+    (tmp_path / "b" / "z.dcm").symlink_to(tmp_path / "b" / "y.dcm")  # a linked file
+    csv = tmp_path / "labels.csv"
+    csv.write_text(
+        "path,patient_id,abnormal\na/x.dcm,P1,1\nb/y.dcm,P2,0\nalias/x.dcm,P3,0\nb/z.dcm,P4,1\n"
+    )
+    with pytest.raises(DataError) as caught:
+        load_manifest(csv)
+    message = str(caught.value)
+    assert "row 3 (line 4), column 'path': duplicate of row 1 (line 2)" in message
+    assert "row 4 (line 5), column 'path': duplicate of row 2 (line 3)" in message

@@ -140,7 +140,9 @@ def load_manifest(
     Args:
         source: A CSV file, or a folder whose sub-folders are class names.
         labels: Label columns of a CSV; by default every non-reserved column whose
-            non-blank values are all 1/0/-1 (also ``1.0``/``0.0``/``True``/``False``).
+            non-blank values are all 1/0/-1 (also ``1.0``/``0.0``/``True``/``False``). A
+            column of nearly all such values with a few others (a stray ``yes`` or ``2``)
+            is a label column with bad rows: refused, naming each row and the column.
         uncertain: What -1 becomes: ``"ignore"`` (NaN, unknown), ``"positive"`` or
             ``"negative"``. Always explicit: see the data docs for the trade-offs.
         check_files: Verify that every path is an existing file.
@@ -277,24 +279,75 @@ def _parse_label(text: str) -> float | None:
     return value if value in (1.0, 0.0, _UNCERTAIN_CODE) else None
 
 
-def _infer_labels(frame: pd.DataFrame, reserved: set[str]) -> tuple[list[str], list[str]]:
-    """Find label columns; also describe near-misses (mostly label values, a few others)."""
+LABEL_LIKE_SHARE = 0.9
+"""A column whose non-blank cells are at least this share of label values is a label column."""
+
+
+def _looks_like_labels(n_valid: int, n_invalid: int) -> bool:
+    """Whether a column with these counts of label values and other values is a label column.
+
+    "Nearly all" is at least :data:`LABEL_LIKE_SHARE` of the non-blank cells, or a single
+    stray value among four or more label values (small manifests).
+    """
+    if n_invalid == 0 or n_valid < 2:
+        return n_invalid == 0 and n_valid > 0
+    return n_valid >= LABEL_LIKE_SHARE * (n_valid + n_invalid) or (n_invalid == 1 and n_valid >= 4)
+
+
+def _infer_labels(
+    frame: pd.DataFrame, reserved: set[str]
+) -> tuple[list[str], list[str], list[str]]:
+    """Find label columns; also name near-misses and label columns with bad rows.
+
+    Returns:
+        ``(labels, near_misses, broken)``: clean label columns; descriptions of columns
+        that hold some label values among others; and columns of nearly all label values
+        with a few bad cells, which are label columns with typos, never metadata.
+    """
     found: list[str] = []
     near_misses: list[str] = []
+    broken: list[str] = []
     for name in frame.columns:
         if name in reserved or name.startswith("lesion_"):
             continue
         codes = [_parse_label(text) for text in frame[name]]
         n_invalid = codes.count(None)
+        n_valid = sum(1 for code in codes if code is not None and not math.isnan(code))
         if n_invalid == 0:
-            if any(not math.isnan(code) for code in codes):
+            if n_valid:
                 found.append(name)
+        elif _looks_like_labels(n_valid, n_invalid):
+            broken.append(name)
         elif n_invalid <= len(codes) // 2:
             position = codes.index(None)
             near_misses.append(
                 f"{name!r} ({_where(int(frame.index[position]))}: {frame[name].iloc[position]!r})"
             )
-    return found, near_misses
+    return found, near_misses, broken
+
+
+def _refuse_broken_labels(path: Path, frame: pd.DataFrame, broken: Sequence[str]) -> None:
+    """Report every bad cell of label columns found by inference (see :func:`_infer_labels`)."""
+    if not broken:
+        return
+    problems = _Problems(path)
+    for name in broken:
+        for index, text in frame[name].items():
+            if _parse_label(text) is None:
+                problems.add(
+                    int(index),
+                    name,
+                    f"{text!r} is not a label value (use 1, 0, -1 for uncertain, or blank "
+                    "for unknown)",
+                )
+    names = ", ".join(map(repr, broken))
+    problems.note(
+        f"{names}: nearly every value is a label value (1, 0, -1 or blank), so medft reads "
+        "it as a label column with bad rows rather than dropping the finding; fix the rows "
+        "below, or name the label columns yourself (labels=[...], data.labels) to keep it "
+        "as metadata"
+    )
+    problems.raise_if_any("problem(s) in label columns")
 
 
 def _reserved(path_column: str, patient_column: str) -> set[str]:
@@ -306,7 +359,8 @@ def _choose_labels(
 ) -> list[str]:
     columns = ", ".join(repr(c) for c in frame.columns)
     if labels is None:
-        chosen, near_misses = _infer_labels(frame, reserved)
+        chosen, near_misses, broken = _infer_labels(frame, reserved)
+        _refuse_broken_labels(path, frame, broken)
         if not chosen:
             hint = (
                 f"; these columns hold other values too: {', '.join(near_misses)}"
@@ -393,10 +447,15 @@ def _load_csv(
             continue
         full = os.path.normpath(os.path.join(base, os.path.expanduser(raw)))
         absolute.append(full)
-        if full in first_row_of:
-            problems.add(row, path_column, f"duplicate of {_where(first_row_of[full])} ({raw!r})")
+        # Two names of one file (a symlink, a linked folder) are the same image.
+        same = os.path.realpath(full)
+        if same in first_row_of:
+            link = "" if same == full else " (the same file through a symbolic link)"
+            problems.add(
+                row, path_column, f"duplicate of {_where(first_row_of[same])} ({raw!r}){link}"
+            )
         else:
-            first_row_of[full] = row
+            first_row_of[same] = row
     for index, patient in frame[patient_column].items():
         if not patient:
             problems.add(int(index), patient_column, "empty patient ID (every image needs one)")
