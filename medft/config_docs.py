@@ -59,10 +59,6 @@ SECTION_CLASSES = {
 TOP_LEVEL = {
     "seed_everything": "Seed for Python, NumPy and torch (medft seeds splits separately: "
     "`data.split_seed`).",
-    "optimizer": "Not used: medft builds AdamW from `model.lr` and `model.weight_decay` over "
-    "the freezing schedule's parameter groups.",
-    "lr_scheduler": "Not used: the warm-up + cosine schedule is built from "
-    "`model.warmup_epochs` and the freezing schedule.",
     "ckpt_path": "A checkpoint to resume from (`last` resumes the run's `last.ckpt`).",
     "weights_only": "Lightning's checkpoint-loading switch; medft checkpoints load with "
     "`weights_only=True`.",

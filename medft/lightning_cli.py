@@ -333,10 +333,52 @@ def _size(n: float) -> str:
     return f"{n:.0f} bytes" if step == 0 else f"{n:.1f} {units[step]}"
 
 
+REPLACED_OPTIMIZER_OPTIONS = ("--optimizer", "--lr_scheduler")
+"""LightningCLI's options that swap the model's optimizer; medft refuses them (see below)."""
+
+
+def _refuse_optimizer_replacement(argv: Sequence[str]) -> None:
+    """One clear line instead of a training that dies later with ``KeyError: 'name'``.
+
+    LightningCLI's ``--optimizer``/``--lr_scheduler`` rebuild the optimizer over one flat
+    parameter group, which throws away what medft's optimizer is made of: a group per stage
+    with its own learning rate, the warm-up and cosine decay, and the freezing schedule.
+
+    Raises:
+        ConfigError: ``argv``, or a ``--config`` file it names, uses either option.
+    """
+    names = [str(arg).split("=", 1)[0] for arg in argv]
+    for index, name in enumerate(names[:-1]):
+        if name in ("--config", "-c") and os.path.isfile(argv[index + 1]):
+            names += [f"--{key}" for key in _top_level_keys(argv[index + 1])]
+    for name in names:
+        for option in REPLACED_OPTIMIZER_OPTIONS:
+            if name == option or name.startswith(option + "."):
+                raise ConfigError(
+                    f"{option} is not supported: medft trains AdamW over one parameter group per "
+                    "stage (discriminative LRs, warm-up, cosine decay, freezing schedule), which "
+                    "a replacement would discard; set --model.lr, --model.weight_decay, "
+                    "--model.lr_decay, --model.warmup_epochs and --model.freeze instead"
+                )
+
+
+def _top_level_keys(path: str) -> list[str]:
+    """Top-level keys of a YAML config (none when it is not a mapping or not YAML)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError):
+        return []  # jsonargparse reports it with its own message
+    return [str(key) for key in loaded] if isinstance(loaded, dict) else []
+
+
 def run_lightning(
     subcommand: str, argv: Sequence[str], *, run: bool = True, extra_defaults: dict | None = None
 ) -> MedftLightningCLI:
     """Run ``fit``/``validate``/``test``/``predict`` in-process with the given CLI arguments."""
+    _refuse_optimizer_replacement(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     defaults = trainer_defaults()
     if extra_defaults:
@@ -352,6 +394,7 @@ def run_lightning(
         trainer_defaults=defaults,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
+        auto_configure_optimizers=False,  # no --optimizer/--lr_scheduler (see above)
     )
 
 
