@@ -10,7 +10,7 @@ own CSV/JSON/log output (which names files by running numbers, see
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,12 +88,15 @@ class ModelInfo:
     Attributes:
         name: the backbone (timm model name) of the checkpoint.
         version: the medft version that wrote the result.
-        checkpoint_sha256: SHA-256 of the checkpoint file (which weights, exactly).
+        checkpoint_sha256: SHA-256 of the checkpoint file (which weights, exactly); for an
+            ensemble, the SHA-256 of its members' hashes (one per line, in order).
+        members: an ensemble's member checkpoint hashes (empty for one model).
     """
 
     name: str
     version: str
     checkpoint_sha256: str
+    members: tuple[str, ...] = ()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, name: str | None = None) -> ModelInfo:
@@ -105,6 +108,33 @@ class ModelInfo:
             hparams = read_checkpoint(path).get("hyper_parameters") or {}
             name = str(hparams.get("backbone") or "unknown")
         return cls(name=name, version=__version__, checkpoint_sha256=file_sha256(path))
+
+    @classmethod
+    def from_predictor_info(cls, info: Mapping[str, Any]) -> ModelInfo:
+        """From ``Predictor.info()``: one checkpoint, or an ensemble of several.
+
+        Raises:
+            ConfigError: the info lists no checkpoint, or a checkpoint without its SHA-256.
+        """
+        members = list(info.get("checkpoints") or [])
+        if not members:
+            raise ConfigError("the predictor info lists no checkpoint to name the model by")
+        hashes = [str(member.get("sha256") or "") for member in members]
+        if not all(hashes):
+            raise ConfigError(
+                "the predictor info lacks checkpoint SHA-256 hashes (use info(hashes=True))"
+            )
+        backbones = [str(member.get("backbone") or "unknown") for member in members]
+        if len(members) == 1:
+            return cls(name=backbones[0], version=__version__, checkpoint_sha256=hashes[0])
+        combined = hashlib.sha256("\n".join(hashes).encode("ascii")).hexdigest()
+        kinds = ", ".join(dict.fromkeys(backbones))
+        return cls(
+            name=f"ensemble of {len(members)} ({kinds})",
+            version=__version__,
+            checkpoint_sha256=combined,
+            members=tuple(hashes),
+        )
 
     @property
     def device_uid(self) -> str:

@@ -112,6 +112,7 @@ def build_sr(
             version=model.version,
             parameters=[
                 f"checkpoint sha256 {model.checkpoint_sha256}",
+                *(f"member checkpoint sha256 {member}" for member in model.members),
                 f"threshold source {result.threshold_source}",
                 f"probability calibrated {'yes' if result.calibrated else 'no'}",
             ],

@@ -241,3 +241,24 @@ def test_no_patient_data_outside_the_dicom_files(named_dicoms, tmp_path, caplog)
         leaked = [s for s in secrets if s and s in text]
         assert not leaked, f"{path.name} holds {leaked}"
     assert not [s for s in secrets if s and s in caplog.text]
+
+
+def test_model_info_from_predictor_info_names_one_model_or_an_ensemble(named_dicoms, tmp_path):
+    one = ModelInfo.from_predictor_info(
+        {"checkpoints": [{"backbone": "resnet18", "sha256": "aa" * 32}]}
+    )
+    assert (one.name, one.checkpoint_sha256, one.members) == ("resnet18", "aa" * 32, ())
+    two = ModelInfo.from_predictor_info(
+        {
+            "checkpoints": [
+                {"backbone": "resnet18", "sha256": "aa" * 32},
+                {"backbone": "resnet18", "sha256": "bb" * 32},
+            ]
+        }
+    )
+    assert two.name == "ensemble of 2 (resnet18)" and two.members == ("aa" * 32, "bb" * 32)
+    assert len(two.checkpoint_sha256) == 64 and two.device_uid != one.device_uid
+    found = read_sr(write_sr(named_dicoms[0], FINDINGS, two, tmp_path / "sr.dcm"))
+    assert f"member checkpoint sha256 {'bb' * 32}" in found[0].algorithm_parameters
+    with pytest.raises(ConfigError, match="SHA-256"):
+        ModelInfo.from_predictor_info({"checkpoints": [{"backbone": "resnet18"}]})
