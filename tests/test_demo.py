@@ -168,7 +168,7 @@ def test_predict_on_dicom_matches_medft_predict(service, dicoms, trained):
     assert case.top.probability == max(c.probability for c in case.findings)
 
     manifest = load_manifest(trained[1] / "labels.csv", labels=LABELS)
-    table = predict_manifest(classifier, manifest).table
+    table = predict_manifest(service.predictor, manifest).table
     row = table[table["path"] == str(dicoms[0].resolve())].iloc[0]
     for call in case.findings:
         assert call.probability == pytest.approx(row[f"prob_{call.finding}"], abs=1e-5)

@@ -70,7 +70,7 @@ def crafted(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
         yield f"{base}/evil.ckpt", local, marker
 
 
-@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test"])
 @pytest.mark.parametrize("opt_in", [False, True], ids=["refused", "opted-in"])
 def test_ckpt_path_url_never_runs_code(
     subcommand: str,
@@ -98,7 +98,7 @@ def test_ckpt_path_url_never_runs_code(
         assert "could run code" in err[0]
 
 
-@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test"])
 def test_crafted_local_ckpt_path_is_one_clear_line(
     subcommand: str,
     crafted: tuple[str, Path, Path],
@@ -135,7 +135,7 @@ def test_weights_only_false_is_refused(
 
 
 @pytest.mark.parametrize("opt_in", [False, True], ids=["refused", "opted-in"])
-@pytest.mark.parametrize("command", ["evaluate", "explain", "demo"])
+@pytest.mark.parametrize("command", ["evaluate", "predict", "explain", "export", "demo"])
 def test_checkpoint_option_url_never_runs_code(
     command: str,
     opt_in: bool,
@@ -152,10 +152,14 @@ def test_checkpoint_option_url_never_runs_code(
     out = str(tmp_path / "out")
     argv = {
         "evaluate": ["evaluate", "--checkpoint", url, "--manifest", str(tiny_dataset)],
+        "predict": ["predict", "--checkpoint", url, "--input", str(tiny_dataset)],
         "explain": ["explain", "--checkpoint", url, "--input", str(tiny_dataset.parent)],
+        "export": ["export", "--checkpoint", url],
         "demo": ["demo", "--checkpoint", url, "--port", "0"],
     }[command]
-    if command != "demo":
+    if command == "export":
+        argv += ["--out", str(tmp_path / "model.onnx")]
+    elif command != "demo":
         argv += ["--out", out]
     if command == "demo":
         import argparse
@@ -269,3 +273,111 @@ def test_two_rows_naming_one_file_through_a_symlink_are_duplicates(tmp_path: Pat
     message = str(caught.value)
     assert "row 3 (line 4), column 'path': duplicate of row 1 (line 2)" in message
     assert "row 4 (line 5), column 'path': duplicate of row 2 (line 3)" in message
+
+
+# ------------------------------------------------------------ 3. unusable --out, found first
+
+
+@pytest.fixture
+def readonly_mount(tmp_path: Path) -> Iterator[Path]:
+    """A read-only tmpfs (root only; skipped where mounting is not allowed)."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+_DIR_COMMANDS = {
+    "synth": ["synth", "--n-patients", "2"],
+    "evaluate": ["evaluate", "--checkpoint", "missing.ckpt", "--manifest", "missing.csv"],
+    "explain": ["explain", "--checkpoint", "missing.ckpt", "--input", "missing"],
+    "predict": ["predict", "--checkpoint", "missing.ckpt", "--input", "missing"],
+    "data audit": ["data", "audit", "--manifest", "missing.csv"],
+    "cv": ["cv", "--config", "missing.yaml"],
+    "quickstart": ["quickstart"],
+    "bench": ["bench", "--quick"],
+}
+_FILE_COMMANDS = {
+    "data import": ["data", "import", "folder", "--root", "missing"],
+    "cv compare": ["cv", "compare", "missing_a", "missing_b"],
+    "export": ["export", "--checkpoint", "missing.ckpt"],
+}
+
+
+@pytest.mark.parametrize("fault", ["is-file", "under-a-file", "read-only-mount"])
+@pytest.mark.parametrize("command", [*_DIR_COMMANDS, *_FILE_COMMANDS])
+def test_unusable_out_is_one_line_before_any_work(
+    command: str, fault: str, tmp_path: Path, request: pytest.FixtureRequest, capsys
+) -> None:
+    """Inputs are missing on purpose: the --out problem must be reported before them."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    a_folder = tmp_path / "a-folder"
+    a_folder.mkdir()
+    wants_file = command in _FILE_COMMANDS
+    if fault == "is-file":
+        out = a_folder if wants_file else a_file
+    elif fault == "under-a-file":
+        out = a_file / "sub" / ("out.csv" if wants_file else "")
+    else:
+        out = request.getfixturevalue("readonly_mount") / "sub" / ("out.csv" if wants_file else "")
+    argv = {**_DIR_COMMANDS, **_FILE_COMMANDS}[command]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"medft: error: --out {out}"), err[0]
+    expected = {"is-file": "is a f", "under-a-file": "is a file", "read-only-mount": "Read-only"}
+    assert expected[fault] in err[0]
+
+
+# ------------------------------------------------------------ 5. permissions and durability
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_outputs_respect_the_umask(umask: int, mode: int, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from medft._io import atomic_path, write_json
+
+    old = os.umask(umask)
+    try:
+        written = write_json(tmp_path / "metrics.json", {"auroc": 0.9})
+        with atomic_path(tmp_path / "table.csv") as tmp:
+            tmp.write_text("a,b\n")
+    finally:
+        os.umask(old)
+    for path in (written, tmp_path / "table.csv"):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, oct(path.stat().st_mode)
+
+
+def test_the_folder_is_fsynced_after_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import stat
+
+    import medft._io as io
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(io.os, "fsync", spy)
+    io.write_text(tmp_path / "x.txt", "hello")
+    assert synced == ["file", "dir"]  # the data, then the folder entry of the rename

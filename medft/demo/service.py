@@ -4,8 +4,8 @@ A :class:`Case` is everything the page needs about one uploaded image, computed 
 cached by the SHA-256 of the file's bytes, so moving a slider never re-runs the model:
 
 - the model's prediction, on exactly the input ``medft predict`` would build (the reader's
-  automatic display window, fitted into the checkpoint's square with its fit mode and
-  quantised to the 8-bit precision of the training cache);
+  automatic display window, then :meth:`medft.inference.Predictor.preprocess`: the
+  checkpoint's square, fit mode and cached pixel type, uint8 or uint16);
 - a copy of the display image at view size (the browser never receives the full matrix);
 - saliency maps per method, computed on first request and resampled onto the view grid;
 - the file's bytes, so a new window/level is rendered by the reader from the stored
@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from medft.data.dicom import XrayMeta, load_image
-from medft.data.geometry import Geometry, fit_to_square
+from medft.data.geometry import Geometry
 from medft.errors import ConfigError
 from medft.explain import METHODS, DisplayNorm, explain, render_overlay
-from medft.model.checkpoint import LoadedClassifier, load_classifier
+from medft.inference import Predictor
+from medft.model.checkpoint import LoadedClassifier
 
 from .uploads import (
     check_size,
@@ -52,16 +53,16 @@ Window = tuple[float, float] | None  # None: the file's own (automatic) display 
 
 @dataclass(frozen=True)
 class FindingCall:
-    """One finding's probability and the call at the checkpoint's operating point."""
+    """One finding's probability and the call at the checkpoint's operating point.
+
+    ``positive`` is decided by :meth:`medft.inference.Predictor.call`, the rule
+    ``medft predict`` and ``evaluate`` use (``probability >= threshold``).
+    """
 
     finding: str
     probability: float
     threshold: float
-
-    @property
-    def positive(self) -> bool:
-        """``probability >= threshold``, the rule ``medft evaluate`` and ``predict`` use."""
-        return self.probability >= self.threshold
+    positive: bool
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,8 @@ class InferenceService:
     """Predictions, saliency and windowing for uploaded images, cached per file content.
 
     Args:
-        classifier: the loaded checkpoint (:func:`medft.model.checkpoint.load_classifier`).
+        classifier: the model: a :class:`~medft.inference.Predictor` of one checkpoint (or a
+            loaded checkpoint, wrapped in one).
         max_bytes: largest file accepted.
         max_pixels: largest decoded frame (samples), refused before decoding.
         view_size: longest side of view images (what the browser receives).
@@ -128,21 +130,23 @@ class InferenceService:
 
     def __init__(
         self,
-        classifier: LoadedClassifier,
+        classifier: Predictor | LoadedClassifier,
         *,
         max_bytes: int = 64 * 2**20,
         max_pixels: int = 50_000_000,
         view_size: int = 1024,
         cache_mb: int = 512,
     ) -> None:
-        self.classifier = classifier
-        self.model = classifier.model.eval()
-        self.labels = list(classifier.labels)
+        predictor = classifier if isinstance(classifier, Predictor) else Predictor([classifier])
+        self.predictor = predictor
+        self.classifier = predictor.single()
+        self.model = self.classifier.model.eval()
+        self.labels = list(predictor.labels)
         self.max_bytes = int(max_bytes)
         self.max_pixels = int(max_pixels)
         self.view_size = int(view_size)
         self.cache_bytes = int(cache_mb) * 2**20
-        self._multilabel = classifier.task != "multiclass"
+        self._multilabel = predictor.task != "multiclass"
         self._model_lock = threading.Lock()
         self._cache_lock = threading.Lock()
         self._cases: OrderedDict[str, Case] = OrderedDict()
@@ -150,7 +154,7 @@ class InferenceService:
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> InferenceService:
         """Load a checkpoint safely (``weights_only=True``) and wrap it."""
-        return cls(load_classifier(path), **kwargs)
+        return cls(Predictor.from_checkpoint(path), **kwargs)
 
     # ------------------------------------------------------------------ analysis
     def analyse_file(self, path: str | Path) -> Case:
@@ -172,16 +176,12 @@ class InferenceService:
         started = time.perf_counter()
         image, meta = load_image(data, max_pixels=self.max_pixels)
         notes = refuse_unsupported(meta)
-        square, geometry = fit_to_square(
-            image,
-            self.classifier.image_size,
-            self.classifier.fit_mode,  # type: ignore[arg-type]
-        )
-        # The training cache stores 8-bit display values; predict on the same precision.
-        tensor = (torch.round(square * 255.0) / 255.0)[None, None]
+        # The Predictor's own preprocessing: the input `medft predict` builds for this file.
+        tensor, geometry = self.predictor.preprocess(image)
         probabilities = self._predict(tensor)
         view = shrink(image, view_shape(image.shape, self.view_size))
-        thresholds = self.classifier.thresholds
+        calls = self.predictor.call(np.array([probabilities]), calibrated=False)[0]
+        thresholds = self.predictor.raw_thresholds
         case = Case(
             key=key,
             data=data,
@@ -189,8 +189,8 @@ class InferenceService:
             view=view,
             value_range=_known_range(meta),
             findings=[
-                FindingCall(name, float(p), float(thresholds.get(name, 0.5)))
-                for name, p in zip(self.labels, probabilities, strict=True)
+                FindingCall(name, float(p), float(thresholds[name]), bool(call))
+                for name, p, call in zip(self.labels, probabilities, calls, strict=True)
             ],
             tensor=tensor,
             view_geometry=dataclasses.replace(geometry, original_shape=tuple(view.shape)),
@@ -213,9 +213,10 @@ class InferenceService:
         return case.value_range
 
     def _predict(self, tensor: torch.Tensor) -> list[float]:
-        with self._model_lock, torch.inference_mode():
-            logits = self.model(tensor)
-            return self.model.probabilities(logits.float())[0].tolist()
+        """Uncalibrated probabilities, the ones ``medft predict`` writes as ``prob_``."""
+        with self._model_lock:
+            raw, _calibrated = self.predictor.probabilities(tensor)
+        return raw[0].tolist()
 
     # ------------------------------------------------------------------ views
     def view_image(self, case: Case, window: Window = None) -> np.ndarray:

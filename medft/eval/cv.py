@@ -41,14 +41,15 @@ import pandas as pd
 import yaml
 
 from medft import __version__
-from medft._io import write_bytes, write_json, write_text
+from medft._io import check_output_dir, check_output_file, write_bytes, write_json, write_text
 from medft.errors import ConfigError, DataError, MedftError
 from medft.eval import plots
 from medft.eval.evaluate import table_metrics, write_table
 from medft.eval.metrics import auroc, delong_test, paired_bootstrap, roc_band
-from medft.eval.predict import predict_manifest, prob_column, skipped_table
+from medft.eval.predict import predict_manifest
 from medft.eval.report import NOTICE, cv_report
 from medft.eval.subgroups import gap_warnings, subgroup_metrics
+from medft.inference import Predictor, prob_column, skipped_table
 from medft.progress import progress
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "IncompleteStudyError",
     "aggregate",
     "compare",
+    "finished_folds",
     "fold_dir",
     "fold_metrics",
     "format_comparison",
@@ -334,7 +336,6 @@ def _run_fold(
 ) -> dict[str, Any]:
     """Fit one fold, predict its held-out patients, write predictions, metrics and DONE."""
     from medft.lightning_cli import best_checkpoint_path, last_checkpoint_path, run_lightning
-    from medft.model.checkpoint import load_classifier
 
     directory = fold_dir(out, fid, study["repeats"])
     done = directory / DONE
@@ -370,17 +371,15 @@ def _run_fold(
         raise ConfigError(f"{directory}: no checkpoint was saved; set save_last: true")
     datamodule = cli.datamodule
     epochs = int(cli.trainer.current_epoch)
-    settings = {
-        "batch_size": datamodule.batch_size,
-        "on_bad_file": datamodule.on_bad_file,
-        "compact_dtype": datamodule.cache_dtype,
-    }
+    settings = {"batch_size": datamodule.batch_size, "on_bad_file": datamodule.on_bad_file}
     del cli
     gc.collect()
 
-    classifier = load_classifier(best)
+    # The held-out part goes through the same Predictor as `medft predict`: the checkpoint
+    # says how its inputs were made (image size, fit mode, cached pixel type).
+    predictor = Predictor.from_checkpoint(best)
     predictions = predict_manifest(
-        classifier, _held_out(study, out, fid), extra_columns=study["by"], **settings
+        predictor, _held_out(study, out, fid), extra_columns=study["by"], quiet=True, **settings
     )
     table = predictions.table
     table.insert(0, "fold", fid.fold)
@@ -449,7 +448,7 @@ def run(
         all folds are finished the study is aggregated (``summary.json``, ``report.html``).
     """
     say = (lambda *_: None) if quiet else print
-    out = Path(out)
+    out = check_output_dir(out)
     study = prepare(
         config, folds=folds, out=out, repeats=repeats, seed=seed, overrides=overrides, by=by,
         n_boot=n_boot,
@@ -500,6 +499,25 @@ def missing_folds(out: str | Path) -> list[FoldId]:
     return [
         f for f in _fold_ids(study) if not (fold_dir(out, f, study["repeats"]) / DONE).is_file()
     ]
+
+
+def finished_folds(out: str | Path) -> list[tuple[FoldId, Path, dict[str, Any]]]:
+    """``(fold, its folder, its DONE record)`` for every finished fold of a study, in order.
+
+    Raises:
+        ConfigError: ``out`` is not a study folder.
+        IncompleteStudyError: no fold has finished yet.
+    """
+    out = Path(out)
+    study = _read_study(out)
+    found = []
+    for fid in _fold_ids(study):
+        directory = fold_dir(out, fid, study["repeats"])
+        if (directory / DONE).is_file():
+            found.append((fid, directory, json.loads((directory / DONE).read_text("utf-8"))))
+    if not found:
+        raise IncompleteStudyError(f"{out}: no fold of this study has finished yet")
+    return found
 
 
 def _collect(out: Path, study: Mapping[str, Any], *, allow_missing: bool = False) -> pd.DataFrame:
@@ -760,6 +778,8 @@ def compare(
     """
     from medft.data.splits import read_assignment
 
+    if out is not None:
+        check_output_file(out)
     dir_a, dir_b = Path(dir_a), Path(dir_b)
     study_a, study_b = _read_study(dir_a), _read_study(dir_b)
     folds_a = read_assignment(dir_a / FOLDS_CSV)

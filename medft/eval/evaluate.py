@@ -27,20 +27,21 @@ import numpy as np
 import pandas as pd
 
 from medft import __version__
-from medft._io import atomic_path, write_bytes, write_json, write_text
+from medft._io import atomic_path, check_output_dir, write_bytes, write_json, write_text
 from medft.errors import ConfigError
 from medft.eval import plots
 from medft.eval.calibration import apply_temperature, brier_score, expected_calibration_error
 from medft.eval.metrics import aggregate_table_by_patient, roc_band, summarize
-from medft.eval.predict import (
+from medft.eval.predict import predict_manifest
+from medft.eval.report import NOTICE, evaluation_report
+from medft.eval.subgroups import gap_warnings, subgroup_metrics
+from medft.inference import (
     Predictions,
+    Predictor,
     call_column,
-    predict_manifest,
     prob_column,
     skipped_table,
 )
-from medft.eval.report import NOTICE, evaluation_report
-from medft.eval.subgroups import gap_warnings, subgroup_metrics
 
 __all__ = [
     "LEVELS",
@@ -186,6 +187,9 @@ def _audit_warnings(meta: Mapping[str, Any]) -> list[str]:
 
 def _warnings(metrics: Mapping[str, Any], n_boot: int, meta: Mapping[str, Any]) -> list[str]:
     out = _audit_warnings(meta)
+    seen = metrics.get("seen_patients") or {}
+    if seen.get("warning"):
+        out.insert(0, seen["warning"] + ".")
     skipped = metrics["skipped_files"]["count"]
     if skipped:
         out.append(
@@ -311,23 +315,24 @@ def evaluate(
         The dictionary written to ``metrics.json``.
     """
     from medft.data.manifest import load_manifest
-    from medft.model.checkpoint import load_classifier
 
+    check_output_dir(out)  # a bad --out is found now, not after the inference
     if aggregate not in LEVELS:
         raise ConfigError(f"aggregate={aggregate!r} is not one of {', '.join(LEVELS)}")
     if how not in ("max", "mean"):
         raise ConfigError(f"how={how!r} is not 'max' or 'mean'")
     out = Path(out)
-    classifier = load_classifier(checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint)
+    classifier = predictor.single()
     is_folder = Path(manifest).is_dir()
     loaded = load_manifest(
         manifest,
-        labels=None if is_folder else classifier.labels,
+        labels=None if is_folder else predictor.labels,
         uncertain=uncertain,  # type: ignore[arg-type]
         check_files=False,
     )
     predictions = predict_manifest(
-        classifier,
+        predictor,
         loaded,
         batch_size=batch_size,
         num_workers=num_workers,
@@ -356,8 +361,11 @@ def evaluate(
             "task": classifier.task,
             "labels": labels,
             "image_size": classifier.image_size,
-            "fit_mode": classifier.fit_mode,
+            "fit_mode": predictor.fit_mode,
+            "cache_dtype": predictor.cache_dtype,
             "operating_point_method": classifier.meta.get("operating_point_method"),
+            "threshold_source": predictor.threshold_source,
+            "software": classifier.meta.get("software"),
         },
         "manifest": {"file": Path(manifest).name},
     }
@@ -385,6 +393,7 @@ def evaluate(
             groups_col="patient_key", n_boot=n_boot, seed=seed, ci=ci, min_count=min_subgroup,
         )  # fmt: skip
         metrics["subgroups"] = report.to_dict()
+    metrics["seen_patients"] = predictor.seen_overlap(loaded.table["patient_id"].tolist())
     metrics["warnings"] = _warnings(metrics, n_boot, classifier.meta)
 
     figures = _figures(

@@ -18,7 +18,6 @@ first ``check_max`` readable inputs and their summary goes to ``checks.json``.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,27 +28,23 @@ import pandas as pd
 import torch
 
 from medft._io import atomic_open, write_json
-from medft.data.dicom import is_dicom, load_image
+from medft.data.dicom import load_image
 from medft.errors import ConfigError, MedftError
 from medft.explain.checks import deletion_score, randomisation_check
 from medft.explain.overlay import DisplayNorm, grid_image, render_overlay
-from medft.explain.saliency import METHODS, Preprocess, SaliencyResult, default_preprocess, explain
-from medft.model.checkpoint import LoadedClassifier, load_classifier
+from medft.explain.saliency import METHODS, SaliencyResult, explain
+from medft.inference import INPUT_SUFFIXES, Predictor, collect_inputs, output_id
 
 __all__ = [
     "INDEX_COLUMNS",
     "INPUT_SUFFIXES",
     "NORM_MODES",
-    "checkpoint_preprocess",
     "collect_inputs",
     "explain_inputs",
     "format_summary",
     "output_id",
 ]
 
-#: File suffixes (case-insensitive) collected from a folder; files without a suffix are
-#: collected when their content is DICOM.
-INPUT_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
 NORM_MODES = ("probability", "percentile")
 INDEX_COLUMNS = (
     "id",
@@ -88,7 +83,7 @@ def explain_inputs(
     """Explain every image under ``inputs`` with the model in ``checkpoint``; write to ``out``.
 
     Args:
-        checkpoint: a medft checkpoint (loaded safely, see :func:`load_classifier`).
+        checkpoint: a medft checkpoint (loaded safely by :class:`~medft.inference.Predictor`).
         inputs: one image file, or a folder searched recursively for ``*.dcm``, ``*.png``,
             ``*.jpg`` (and ``.dicom``, ``.jpeg``) and suffix-less files whose content is DICOM.
         out: output folder (created); files of an earlier run with the same ids are replaced.
@@ -110,16 +105,16 @@ def explain_inputs(
         input. Output paths are relative to ``out``.
     """
     _check_options(method, norm, alpha, check_max)
-    loaded = load_classifier(checkpoint)
-    wanted = _requested_findings(loaded, findings)
+    predictor = Predictor.from_checkpoint(checkpoint)
+    model = predictor.single().model
+    wanted = _requested_findings(predictor, findings)
     out = Path(out)
     paths = collect_inputs(inputs, exclude=out)
-    preprocess = checkpoint_preprocess(loaded)
-    writer = _OutputWriter(out, loaded, norm=norm, alpha=alpha)
-    options = {"method": method, "multilabel": _multilabel(loaded)}
+    writer = _OutputWriter(out, predictor, norm=norm, alpha=alpha)
+    options = {"method": method, "multilabel": _multilabel(predictor)}
     if method != "occlusion":
         options["target_layer"] = target_layer
-    checks = _CheckRun(loaded, options, check_max) if check else None
+    checks = _CheckRun(predictor, options, check_max) if check else None
 
     rows: list[dict[str, Any]] = []
     width = max(4, len(str(len(paths) - 1)))
@@ -127,11 +122,11 @@ def explain_inputs(
         name = output_id(number, path, width=width)
         try:
             image, _meta = load_image(path)
-            prepared = preprocess(image)
+            prepared = predictor.preprocess(image)
         except MedftError as exc:
             rows.append(_error_row(name, path, exc))
             continue
-        results = explain(loaded.model, prepared, labels=loaded.labels, findings=wanted, **options)
+        results = explain(model, prepared, labels=predictor.labels, findings=wanted, **options)
         rows += writer.write(name, path, image, results)
         if checks is not None and checks.wants_more():
             checks.add(name, prepared, results)
@@ -146,87 +141,20 @@ def explain_inputs(
     return index
 
 
-# --------------------------------------------------------------------------- inputs
-
-
-def collect_inputs(inputs: str | Path, *, exclude: str | Path | None = None) -> list[Path]:
-    """The image files to explain, in a stable (sorted) order.
-
-    A file is taken as it is (its content decides how it is read). A folder is searched
-    recursively for :data:`INPUT_SUFFIXES` and for suffix-less files whose first bytes are
-    DICOM; hidden files and folders, and anything under ``exclude`` (the output folder, so a
-    re-run never explains its own overlays), are skipped.
-    """
-    root = Path(inputs)
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise ConfigError(f"--input {root}: no such file or folder")
-    skip = Path(exclude).resolve() if exclude is not None else None
-    found = []
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-            continue
-        if skip is not None and path.resolve().is_relative_to(skip):
-            continue
-        suffix = path.suffix.lower()
-        if suffix in INPUT_SUFFIXES or (not suffix and is_dicom(path)):
-            found.append(path)
-    if not found:
-        raise ConfigError(
-            f"--input {root}: no images found (looked for {', '.join(INPUT_SUFFIXES)} and "
-            "suffix-less DICOM files, recursively)"
-        )
-    return found
-
-
-def output_id(number: int, path: str | Path, *, width: int = 4) -> str:
-    """``<number>_<hash>``: a name for one input's outputs that reveals nothing about it.
-
-    Input file names often hold patient names, IDs or DICOM UIDs; the running number keeps
-    the outputs in input order and six hex digits of the path's SHA-256 tell runs over
-    different folders apart. ``index.csv`` maps each id to its input path.
-    """
-    digest = hashlib.sha256(str(Path(path).absolute()).encode("utf-8")).hexdigest()[:6]
-    return f"{number:0{width}d}_{digest}"
-
-
 # --------------------------------------------------------------------------- model side
 
 
-def checkpoint_preprocess(loaded: LoadedClassifier) -> Preprocess:
-    """Display image → model input the way the checkpoint's model saw its data.
-
-    :func:`~medft.explain.saliency.default_preprocess` at the checkpoint's ``image_size``
-    and ``fit_mode``, then rounded to 8-bit display values as the training cache and
-    ``medft predict`` do, so the probabilities here match theirs.
-    """
-    fit = default_preprocess(
-        loaded.model,
-        mode=loaded.fit_mode,  # type: ignore[arg-type]
-        size=loaded.image_size,
-    )
-
-    def quantised(image: np.ndarray) -> tuple[torch.Tensor, Any]:
-        # medft's XrayClassifier takes display-space [0, 1] input and normalises inside.
-        tensor, geometry = fit(image)
-        return torch.round(tensor * 255.0) / 255.0, geometry
-
-    return quantised
+def _multilabel(predictor: Predictor) -> bool:
+    return predictor.task != "multiclass"
 
 
-def _multilabel(loaded: LoadedClassifier) -> bool:
-    return loaded.task != "multiclass"
-
-
-def _requested_findings(loaded: LoadedClassifier, findings: Sequence[str] | None) -> list[str]:
-    wanted = list(findings) if findings else list(loaded.labels)
-    unknown = [name for name in wanted if name not in loaded.labels]
+def _requested_findings(predictor: Predictor, findings: Sequence[str] | None) -> list[str]:
+    wanted = list(findings) if findings else list(predictor.labels)
+    unknown = [name for name in wanted if name not in predictor.labels]
     if unknown:
         raise ConfigError(
             f"--findings {' '.join(unknown)}: not predicted by this checkpoint; it predicts "
-            f"{', '.join(loaded.labels)}"
+            f"{', '.join(predictor.labels)}"
         )
     return list(dict.fromkeys(wanted))
 
@@ -248,12 +176,12 @@ def _check_options(method: str, norm: str, alpha: float, check_max: int) -> None
 class _OutputWriter:
     """Writes one input's overlays, raw maps and grid atomically; returns its index rows."""
 
-    def __init__(self, out: Path, loaded: LoadedClassifier, *, norm: str, alpha: float) -> None:
+    def __init__(self, out: Path, predictor: Predictor, *, norm: str, alpha: float) -> None:
         self.out = out
-        self.thresholds = loaded.thresholds
+        self.predictor = predictor
         self.norm = norm
         self.alpha = alpha
-        self.slugs = _finding_slugs(loaded.labels)
+        self.slugs = _finding_slugs(predictor.labels)
 
     def write(
         self, name: str, path: Path, image: np.ndarray, results: Sequence[SaliencyResult]
@@ -262,8 +190,12 @@ class _OutputWriter:
         grid = Path("grids") / f"{name}_grid.png"
         captions, rows = [], []
         for result in results:
-            threshold = float(self.thresholds.get(result.finding, 0.5))
-            call = "positive" if result.probability >= threshold else "negative"
+            # saliency reports the uncalibrated probability: compare it on that scale
+            threshold = self.predictor.threshold_for(result.finding, calibrated=False)
+            positive = self.predictor.call_one(
+                result.finding, result.probability, calibrated=False
+            )
+            call = "positive" if positive else "negative"
             overlay = render_overlay(image, result, normalization=norm, alpha=self.alpha)
             stem = f"{name}_{self.slugs[result.finding]}"
             overlay_path = Path("overlays") / f"{stem}.png"
@@ -336,8 +268,8 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 class _CheckRun:
     """Collects randomisation and deletion/insertion results over the first inputs."""
 
-    def __init__(self, loaded: LoadedClassifier, options: dict[str, Any], limit: int) -> None:
-        self.loaded = loaded
+    def __init__(self, predictor: Predictor, options: dict[str, Any], limit: int) -> None:
+        self.predictor = predictor
         self.options = options
         self.method = str(options["method"])
         self.limit = limit
@@ -353,7 +285,8 @@ class _CheckRun:
         self, name: str, prepared: tuple[torch.Tensor, Any], results: Sequence[SaliencyResult]
     ) -> None:
         """Run both checks on one input whose maps are ``results``."""
-        model, labels, multilabel = self.loaded.model, self.loaded.labels, _multilabel(self.loaded)
+        predictor = self.predictor
+        model, labels, multilabel = predictor.model, predictor.labels, _multilabel(predictor)
         findings = [result.finding for result in results]
         randomised = randomisation_check(
             model, prepared, labels=labels, findings=findings, **self.options
@@ -362,13 +295,13 @@ class _CheckRun:
         self.randomisation += [{"id": name, **row} for row in randomised["rows"]]
         for result in results:
             score = deletion_score(model, prepared, result, labels=labels, multilabel=multilabel)
-            threshold = float(self.loaded.thresholds.get(result.finding, 0.5))
+            positive = predictor.call_one(result.finding, result.probability, calibrated=False)
             self.deletion.append(
                 {
                     "id": name,
                     "finding": result.finding,
                     "probability": score["probability"],
-                    "call": "positive" if result.probability >= threshold else "negative",
+                    "call": "positive" if positive else "negative",
                     **{key: score[key] for key in _SCORE_KEYS},
                 }
             )

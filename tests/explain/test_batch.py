@@ -21,6 +21,7 @@ from medft.explain.batch import (
     explain_inputs,
     output_id,
 )
+from medft.inference import Predictor
 from medft.model.checkpoint import load_classifier
 
 
@@ -164,8 +165,8 @@ def test_probabilities_match_the_prediction_path(two_label_run, two_label_checkp
     pd.DataFrame(
         {"path": ok["input"].unique(), "patient_id": "p", "nodule": 0, "effusion": 0}
     ).to_csv(manifest_csv, index=False)
-    loaded = load_classifier(two_label_checkpoint)
-    predictions = predict_manifest(loaded, load_manifest(manifest_csv)).table
+    predictor = Predictor.from_checkpoint(two_label_checkpoint)
+    predictions = predict_manifest(predictor, load_manifest(manifest_csv)).table
     for row in ok.itertuples():
         expected = predictions.loc[predictions["path"] == row.input, f"prob_{row.finding}"]
         assert row.probability == pytest.approx(float(expected.iloc[0]), abs=1e-5)

@@ -1,4 +1,4 @@
-"""predict_manifest: same transforms as training, calls at the stored threshold, bad files."""
+"""Predictor over a manifest: training's transforms, calls at the stored threshold, bad files."""
 
 from __future__ import annotations
 
@@ -15,12 +15,8 @@ from medft.data.synth import synthesize
 from medft.data.transforms import build_transforms
 from medft.errors import ConfigError, DicomReadError
 from medft.eval.calibration import apply_temperature
-from medft.eval.predict import (
-    calibrated_thresholds,
-    predict_manifest,
-    skipped_table,
-)
-from medft.model.checkpoint import load_classifier
+from medft.eval.predict import predict_manifest
+from medft.inference import Predictor, skipped_table
 from medft.model.module import XrayClassifier
 
 IMAGE_SIZE = 64
@@ -60,9 +56,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_probabilities_match_a_direct_forward_pass(dataset: Path, checkpoint: Path) -> None:
-    classifier = load_classifier(checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint)
     manifest = load_manifest(dataset, labels=["abnormal"])
-    result = predict_manifest(classifier, manifest, batch_size=5)
+    result = predict_manifest(predictor, manifest, batch_size=5)
     table = result.table
     assert len(table) + len(result.skipped) == len(manifest.table)
     assert len(table) >= 10
@@ -72,7 +68,7 @@ def test_probabilities_match_a_direct_forward_pass(dataset: Path, checkpoint: Pa
         [torch.as_tensor(to_float(prefix({"image": p}))["image"]) for p in table["path"]]
     )
     with torch.inference_mode():
-        expected = classifier.model(images).sigmoid().numpy()[:, 0]
+        expected = predictor.model(images).sigmoid().numpy()[:, 0]
     np.testing.assert_allclose(table["prob_abnormal"], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(table["call_abnormal"], (expected >= THRESHOLD).astype(int))
     assert result.thresholds == {"abnormal": THRESHOLD}
@@ -81,7 +77,7 @@ def test_probabilities_match_a_direct_forward_pass(dataset: Path, checkpoint: Pa
 
 def test_table_names_patients_by_salted_key_only(dataset: Path, checkpoint: Path) -> None:
     manifest = load_manifest(dataset, labels=["abnormal"])
-    table = predict_manifest(load_classifier(checkpoint), manifest).table
+    table = predict_manifest(Predictor.from_checkpoint(checkpoint), manifest).table
     assert list(table.columns[:3]) == ["path", "patient_key", "abnormal"]
     assert "patient_id" not in table.columns
     raw_ids = set(manifest.table["patient_id"])
@@ -90,13 +86,15 @@ def test_table_names_patients_by_salted_key_only(dataset: Path, checkpoint: Path
     # one key per patient
     assert table["patient_key"].nunique() == manifest.table["patient_id"].nunique()
 
-    with_ids = predict_manifest(load_classifier(checkpoint), manifest, include_patient_id=True)
+    with_ids = predict_manifest(
+        Predictor.from_checkpoint(checkpoint), manifest, include_patient_id=True
+    )
     assert set(with_ids.table["patient_id"]) <= raw_ids
 
 
 def test_true_labels_are_carried(dataset: Path, checkpoint: Path) -> None:
     manifest = load_manifest(dataset, labels=["abnormal"])
-    table = predict_manifest(load_classifier(checkpoint), manifest).table
+    table = predict_manifest(Predictor.from_checkpoint(checkpoint), manifest).table
     truth = manifest.table.set_index("path")["abnormal"]
     np.testing.assert_array_equal(table["abnormal"], truth.loc[table["path"]].to_numpy())
 
@@ -104,7 +102,7 @@ def test_true_labels_are_carried(dataset: Path, checkpoint: Path) -> None:
 def test_calibrate_rescales_probabilities_but_keeps_the_calls(
     dataset: Path, checkpoint: Path
 ) -> None:
-    classifier = load_classifier(checkpoint)
+    classifier = Predictor.from_checkpoint(checkpoint)
     manifest = load_manifest(dataset, labels=["abnormal"])
     raw = predict_manifest(classifier, manifest)
     scaled = predict_manifest(classifier, manifest, calibrate=True)
@@ -115,27 +113,32 @@ def test_calibrate_rescales_probabilities_but_keeps_the_calls(
     assert scaled.thresholds["abnormal"] != pytest.approx(THRESHOLD)
 
 
-def test_calibrated_thresholds_call_the_same_images() -> None:
+def test_calibrated_thresholds_call_the_same_images(checkpoint: Path) -> None:
+    predictor = Predictor.from_checkpoint(checkpoint)
     rng = np.random.default_rng(0)
-    p = rng.random(500)
-    mapped = calibrated_thresholds({"a": 0.3, "edge": 1.0}, 3.0)
-    scaled = apply_temperature(p, 3.0, kind="probs")
-    np.testing.assert_array_equal(p >= 0.3, scaled >= mapped["a"])
-    assert mapped["edge"] == 1.0
+    p = rng.random((500, 1))
+    scaled = apply_temperature(p, TEMPERATURE, kind="probs")
+    assert predictor.raw_thresholds == {"abnormal": THRESHOLD}
+    assert predictor.thresholds["abnormal"] != pytest.approx(THRESHOLD)
+    np.testing.assert_array_equal(
+        predictor.call(p, calibrated=False), predictor.call(scaled, calibrated=True)
+    )
+    given = Predictor.from_checkpoint(checkpoint, thresholds={"abnormal": 1.0})
+    assert given.raw_thresholds == {"abnormal": 1.0} and given.threshold_source == "given"
 
 
 def test_calibrate_without_stored_temperature_is_refused(dataset: Path, checkpoint: Path) -> None:
-    classifier = load_classifier(checkpoint)
-    classifier.temperature = None
+    predictor = Predictor.from_checkpoint(checkpoint)
+    predictor.temperatures = [None]
     manifest = load_manifest(dataset, labels=["abnormal"])
     with pytest.raises(ConfigError, match="no temperature"):
-        predict_manifest(classifier, manifest, calibrate=True)
+        predict_manifest(predictor, manifest, calibrate=True)
 
 
 def test_metadata_and_manifest_columns_for_subgroups(dataset: Path, checkpoint: Path) -> None:
     manifest = load_manifest(dataset, labels=["abnormal"])
     table = predict_manifest(
-        load_classifier(checkpoint),
+        Predictor.from_checkpoint(checkpoint),
         manifest,
         extra_columns=["view", "view_position", "manufacturer", "patient_sex"],
     ).table
@@ -145,7 +148,9 @@ def test_metadata_and_manifest_columns_for_subgroups(dataset: Path, checkpoint: 
     np.testing.assert_array_equal(table["view_position"], table["view"])
     assert table["manufacturer"].notna().all()
     with pytest.raises(ConfigError, match="neither manifest columns nor DICOM metadata"):
-        predict_manifest(load_classifier(checkpoint), manifest, extra_columns=["patient_hash"])
+        predict_manifest(
+            Predictor.from_checkpoint(checkpoint), manifest, extra_columns=["patient_hash"]
+        )
 
 
 def test_manifest_without_the_checkpoints_finding_is_refused(
@@ -153,7 +158,7 @@ def test_manifest_without_the_checkpoints_finding_is_refused(
 ) -> None:
     manifest = load_manifest(dataset, labels=["nodule"])
     with pytest.raises(ConfigError, match="abnormal"):
-        predict_manifest(load_classifier(checkpoint), manifest)
+        predict_manifest(Predictor.from_checkpoint(checkpoint), manifest)
 
 
 def _with_bad_files(dataset: Path, tmp_path: Path) -> Path:
@@ -177,7 +182,7 @@ def test_bad_files_are_skipped_with_reasons(
     dataset: Path, checkpoint: Path, tmp_path: Path
 ) -> None:
     manifest = load_manifest(_with_bad_files(dataset, tmp_path), check_files=False)
-    result = predict_manifest(load_classifier(checkpoint), manifest, batch_size=4)
+    result = predict_manifest(Predictor.from_checkpoint(checkpoint), manifest, batch_size=4)
     skipped = {Path(s.path).name: s.reason for s in result.skipped}
     assert {"truncated.dcm", "missing.dcm"} <= set(skipped)
     assert all(reason and not reason.startswith("/") for reason in skipped.values())
@@ -192,4 +197,4 @@ def test_bad_file_policy_fail_names_the_file(
 ) -> None:
     manifest = load_manifest(_with_bad_files(dataset, tmp_path), check_files=False)
     with pytest.raises(DicomReadError, match=r"(truncated|missing|\.dcm)"):
-        predict_manifest(load_classifier(checkpoint), manifest, on_bad_file="fail")
+        predict_manifest(Predictor.from_checkpoint(checkpoint), manifest, on_bad_file="fail")
