@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from medft._io import write_json
+from medft._io import check_output_dir, write_json
 from medft.errors import ConfigError
 
 BENCH_JSON = "bench.json"
@@ -265,6 +265,7 @@ def run_benchmarks(
     Returns:
         All result rows, in run order.
     """
+    check_output_dir(out)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     echo = echo or functools.partial(print, flush=True)
     if threads is not None:
@@ -320,6 +321,7 @@ def run_scale_benchmark(
     Returns:
         The result rows (also written to ``out/bench.json``).
     """
+    check_output_dir(out)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     script = load_script("scale")
     return script.run_scale(

@@ -57,8 +57,11 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_audit(args: argparse.Namespace) -> int:
+    from medft._io import check_output_dir
     from medft.data.audit import audit_manifest
 
+    if args.out is not None:
+        check_output_dir(args.out)  # before the audit, not after it
     report = audit_manifest(
         args.manifest,
         labels=args.labels or None,
@@ -169,8 +172,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
+    from medft._io import check_output_dir
     from medft.explain.batch import explain_inputs, format_summary
 
+    check_output_dir(args.out)  # before any model is loaded
     index = explain_inputs(
         args.checkpoint,
         args.input,

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from medft._io import write_json
+from medft._io import check_output_dir, write_json
 
 DEFAULT_PATIENTS = 400
 
@@ -44,7 +44,7 @@ def run_quickstart(
     from medft.data.synth import synthesize
     from medft.lightning_cli import best_checkpoint_path, last_checkpoint_path, run_lightning
 
-    out = Path(out)
+    out = check_output_dir(out)
     started = time.perf_counter()
     say = (lambda *_: None) if quiet else print
     n_patients = n_patients or DEFAULT_PATIENTS

@@ -33,7 +33,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from medft._io import atomic_open, atomic_path
+from medft._io import atomic_open, atomic_path, check_output_dir
 from medft.data._phantom import (
     FINDING_KINDS,
     Anatomy,
@@ -620,6 +620,7 @@ def synthesize(
         The folder, the labels file, the number of images and the seconds taken.
     """
     start = time.perf_counter()
+    check_output_dir(out)
     _validate(n_patients, images_per_patient, size, seed, prevalence, shortcut, shortcut_strength)
     if workers is None:
         workers = min(2, os.cpu_count() or 1)

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from medft._io import check_output_dir, check_output_file
 from medft.data.importers._common import VOCABULARY, ImportResult
 from medft.data.importers.chexpert import CHEXPERT_LABELS, import_chexpert
 from medft.data.importers.folder import import_folder
@@ -63,6 +64,9 @@ def import_dataset(
     Raises:
         ConfigError: Unknown format, or an option that format does not take.
     """
+    check_output_file(out)
+    if options.get("images_out") is not None:
+        check_output_dir(options["images_out"], option="--images-out")
     if format not in IMPORTERS:
         raise ConfigError(f"unknown dataset format {format!r}; use one of {', '.join(IMPORTERS)}")
     importer = IMPORTERS[format]
