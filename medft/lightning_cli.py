@@ -26,6 +26,7 @@ from medft.data.loader_monitor import LoaderMonitor
 from medft.errors import ConfigError
 from medft.model.averaging import WeightEMA
 from medft.model.checkpoint import local_checkpoint, read_checkpoint, safe_torch_load
+from medft.model.forgetting import ForgettingMeter
 from medft.model.l2sp import L2SP
 from medft.model.module import XrayClassifier
 
@@ -138,6 +139,7 @@ class MedftLightningCLI(LightningCLI):
         # per-stage forgetting meter.
         parser.add_lightning_class_args(WeightEMA, "ema")
         parser.add_lightning_class_args(L2SP, "l2sp")
+        parser.add_lightning_class_args(ForgettingMeter, "forgetting")
         parser.link_arguments("data.labels", "model.labels", apply_on="instantiate")
         parser.link_arguments("data.task", "model.task", apply_on="instantiate")
         parser.link_arguments("trainer.default_root_dir", "data.run_dir")

@@ -186,3 +186,48 @@ def test_l2sp_stage_alpha_names_unknown_stages() -> None:
         L2SP(stage_alpha={"stage99": 1.0}).strengths(["stem", "stage1", "head"])
     strengths = L2SP(alpha=0.1, stage_alpha={"stem": 1.0}).strengths(["stem", "stage1", "head"])
     assert strengths == {"stem": 1.0, "stage1": 0.1, "head": 0.0}
+
+
+# ---------------------------------------------------------------- forgetting meter
+
+
+def test_forgetting_meter_is_zero_at_start_and_while_frozen_then_rises(
+    tiny_dataset: Path, fit_args, tmp_path: Path
+) -> None:
+    import csv
+
+    from medft.model.forgetting import CSV_NAME, PLOT_NAME, ForgettingMeter
+
+    # freeze_unfreeze with unfreeze_epoch 1: epoch 0 trains the head, epoch 1 everything.
+    cli = _fit(fit_args, tiny_dataset, tmp_path / "run", "--forgetting.cka", "true")
+    meter = _callback(cli.trainer, ForgettingMeter)
+    stages = cli.model.schedule.stage_names
+    rows = {(r["epoch"], r["stage"]): r for r in meter.history}
+    for stage in stages:
+        assert rows[(-1, stage)]["distance"] == 0.0  # before the first step
+        assert rows[(-1, stage)]["cka"] == pytest.approx(1.0, abs=1e-9) or stage == "head"
+    for stage in stages[:-1]:
+        assert rows[(0, stage)]["distance"] == 0.0  # frozen in epoch 0: exactly unchanged
+        assert rows[(0, stage)]["cka"] == pytest.approx(1.0, abs=1e-9)
+        assert rows[(1, stage)]["distance"] > 0.0  # trained in epoch 1
+        assert rows[(1, stage)]["trains"] and not rows[(0, stage)]["trains"]
+    assert rows[(0, "head")]["distance"] > 0.0
+    assert any(rows[(1, s)]["cka"] < 1.0 - 1e-6 for s in stages[:-1])
+
+    # Logged every epoch to the CSV logger, and written as a table and a plot.
+    run = Path(cli.trainer.default_root_dir)
+    metrics = next(run.glob("logs/version_*/metrics.csv")).read_text()
+    assert f"forgetting/{stages[0]}" in metrics and f"cka/{stages[0]}" in metrics
+    with (run / CSV_NAME).open() as fh:
+        assert len(list(csv.DictReader(fh))) == 3 * len(stages)
+    assert (run / PLOT_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_linear_cka_is_one_for_rotated_features_and_lower_for_others() -> None:
+    from medft.model.forgetting import linear_cka
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 16, generator=generator)
+    rotation, _ = torch.linalg.qr(torch.randn(16, 16, generator=generator))
+    assert linear_cka(x, 3.0 * x @ rotation) == pytest.approx(1.0, abs=1e-9)
+    assert linear_cka(x, torch.randn(32, 16, generator=generator)) < 0.8
