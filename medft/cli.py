@@ -14,7 +14,6 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from medft import __version__
 from medft.errors import ConfigError, MedftError
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
@@ -250,6 +249,38 @@ def _cmd_send(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the stack, computed only when asked (it imports torch for CUDA)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        kwargs.setdefault("default", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, nargs=0, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from medft.provenance import version_text
+
+        print(version_text())
+        parser.exit()
+
+
+RUN_JSON_COMMANDS = ("synth", "data audit", "evaluate", "explain", "cv", "quickstart", "bench")
+"""Commands that write run.json into their --out folder (fit writes its own; see lightning_cli)."""
+
+
+def _record_run(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """Write run.json (command line, resolved options, versions) into the command's folder."""
+    name = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+    out = getattr(args, "out", None)
+    if name not in RUN_JSON_COMMANDS or out is None or not Path(out).is_dir():
+        return
+    if name == "cv" and args.words[:1] in (["aggregate"], ["compare"]):
+        return  # they read a finished study; compare's --out is a JSON file
+    from medft.provenance import write_run_json
+
+    settings = {k: v for k, v in vars(args).items() if k != "handler"}
+    write_run_json(out, settings=settings, argv=["medft", *argv])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every non-Lightning subcommand (also used to document the CLI)."""
     parser = argparse.ArgumentParser(
@@ -257,7 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune ImageNet-pretrained models on DICOM X-rays. "
         "`medft fit|validate|test|predict --help` shows the training options.",
     )
-    parser.add_argument("--version", action="version", version=f"medft {__version__}")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print medft's version and its stack (python, torch, timm, lightning, monai, "
+        "pydicom, CUDA when present) and exit",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("synth", help="write a synthetic chest X-ray DICOM dataset")
@@ -532,7 +568,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if handler is None:
             parser.print_help()
             return 0 if not argv else 2
-        return handler(args)
+        status = handler(args)
+        _record_run(args, argv)
+        return status
     except MedftError as exc:
         print(f"medft: error: {exc}", file=sys.stderr)
         return 2

@@ -185,6 +185,19 @@ class MedftLightningCLI(LightningCLI):
                 ),
             ]
 
+    def before_fit(self) -> None:
+        """Record the run before training: ``run.json`` with the command line, the resolved
+        config and the software stack, in ``trainer.default_root_dir`` (rank 0 only)."""
+        if not self.trainer.is_global_zero:
+            return
+        import yaml
+
+        from medft.provenance import write_run_json
+
+        resolved = yaml.safe_load(self.parser.dump(self.config, skip_check=True)) or {}
+        config = resolved.get(self.subcommand, resolved) if self.subcommand else resolved
+        write_run_json(self.trainer.default_root_dir, config=config)
+
 
 def _check_writable(root: str, config: Namespace | None = None, *, fit: bool = True) -> None:
     """Fail before any decoding or training when the run folder cannot be written.

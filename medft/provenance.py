@@ -18,7 +18,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RUN_JSON", "STACK", "git_commit", "run_record", "software_versions"]
+__all__ = [
+    "RUN_JSON",
+    "STACK",
+    "accelerator",
+    "git_commit",
+    "run_record",
+    "software_versions",
+    "version_text",
+    "write_run_json",
+]
 
 RUN_JSON = "run.json"
 """File name of the run record every command writes into its output folder."""
@@ -91,3 +100,78 @@ def run_record(
         "settings": dict(settings or {}),
         "software": software_versions(),
     }
+
+
+def accelerator() -> dict[str, Any]:
+    """The CUDA build of torch and the GPUs it sees (imports torch; ``{}`` without torch).
+
+    Returns:
+        ``{"cuda_build": "12.8" | None, "cuda_devices": ["NVIDIA H100 ...", ...]}``; the
+        device list is empty when no GPU is usable.
+    """
+    try:
+        import torch
+    except ImportError:
+        return {}
+    devices: list[str] = []
+    if torch.cuda.is_available():
+        devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"cuda_build": torch.version.cuda, "cuda_devices": devices}
+
+
+def version_text() -> str:
+    """What ``medft --version`` prints: medft, then python, the stack and CUDA when present."""
+    versions = software_versions()
+    lines = [f"medft {versions.pop('medft')}"]
+    commit = versions.pop("medft_commit", None)
+    if commit:
+        lines[0] += f" (git {commit})"
+    lines += [f"  {name:<12} {version or 'not installed'}" for name, version in versions.items()]
+    gpu = accelerator()
+    if gpu.get("cuda_devices"):
+        names = ", ".join(gpu["cuda_devices"])
+        lines.append(f"  {'cuda':<12} {gpu['cuda_build']} ({names})")
+    elif gpu:
+        build = gpu.get("cuda_build")
+        built = f" (torch built for {build})" if build else ""
+        lines.append(f"  {'cuda':<12} no GPU visible{built}")
+    return "\n".join(lines)
+
+
+def write_run_json(
+    out_dir: str | Path,
+    *,
+    settings: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    argv: Sequence[str] | None = None,
+) -> Path:
+    """Write ``out_dir/run.json``: :func:`run_record` plus the resolved config and the GPUs.
+
+    Args:
+        out_dir: The command's output folder (created if needed).
+        settings: The command's resolved options (plain JSON values; paths become strings).
+        config: The resolved training config (``medft fit``'s YAML as a dict), if any.
+        argv: The command line (default: ``sys.argv``).
+
+    Returns:
+        The path written.
+    """
+    from medft._io import write_json
+
+    record = run_record(argv=argv, settings={k: _plain(v) for k, v in (settings or {}).items()})
+    if config is not None:
+        record["config"] = dict(config)
+    if "torch" in sys.modules:  # never import torch only to write a record
+        record["accelerator"] = accelerator()
+    return write_json(Path(out_dir) / RUN_JSON, record)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON value for an option: paths and other objects become strings."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return str(value)
