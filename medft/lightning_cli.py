@@ -165,6 +165,11 @@ class MedftLightningCLI(LightningCLI):
         """The trainer, with checkpoint loading made safe (:class:`SafeCheckpointIO`)."""
         trainer = super().instantiate_trainer(**kwargs)
         make_checkpoint_loading_safe(trainer)
+        # A leaking split must fail before the loggers make tensorboard/version_0 and
+        # logs/version_0 (Lightning creates them before the data module's setup).
+        check_split = getattr(self.datamodule, "check_split", None)
+        if callable(check_split):
+            check_split()
         return trainer
 
     def before_instantiate_classes(self) -> None:

@@ -381,3 +381,24 @@ def test_the_folder_is_fsynced_after_the_rename(
     monkeypatch.setattr(io.os, "fsync", spy)
     io.write_text(tmp_path / "x.txt", "hello")
     assert synced == ["file", "dir"]  # the data, then the folder entry of the rename
+
+
+# ------------------------------------------------------------ 8. leakage before run folders
+
+
+def test_failed_leakage_check_leaves_no_run_folders(
+    tiny_dataset: Path, fit_args, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pandas as pd
+
+    table = pd.read_csv(tiny_dataset)
+    table["path"] = [str(tiny_dataset.parent / p) for p in table["path"]]
+    table["split"] = ["train", "val", "test", "train"] * (len(table) // 4)
+    table.loc[2, "patient_id"] = table.loc[0, "patient_id"]  # one patient in train and test
+    leaky = tmp_path / "leaky.csv"
+    table.to_csv(leaky, index=False)
+    run = tmp_path / "run"
+    assert main(["fit", *fit_args(leaky, run)]) == 2
+    assert "LeakageError" not in capsys.readouterr().err
+    left = sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) if run.exists() else []
+    assert not [p for p in left if p.startswith(("tensorboard", "logs", "checkpoints"))], left

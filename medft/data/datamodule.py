@@ -452,6 +452,14 @@ class XrayDataModule(L.LightningDataModule):
         return self._get_manifest().task
 
     # ---------------------------------------------------------------- setup
+    def check_split(self) -> None:
+        """Resolve and leakage-check the split now, before a trainer creates run folders.
+
+        Raises:
+            LeakageError: a patient is in more than one part (named by salted key).
+        """
+        self._get_split()
+
     def setup(self, stage: str | None = None) -> None:
         """Resolve the split and decode the parts ``stage`` needs (once per process)."""
         self._get_split()
