@@ -4,6 +4,10 @@
   images in, :meth:`XrayClassifier.forward` (normalise, grey to RGB, channels-last as
   configured) and probabilities out — against a plain timm forward of an already
   normalised 3-channel NCHW tensor under ``inference_mode``. Target >= 0.9.
+- ``inference/predictor``: :class:`medft.inference.Predictor` from decoded display
+  images (fit into the square, quantise to the cache dtype, normalise, forward,
+  temperature, calls) against the plain forward over the same images. Target >= 0.9
+  (issue 17: ``medft predict`` is no slower than the model).
 - ``inference/channels_last``: the plain model in channels-last vs contiguous NCHW.
 - ``inference/bf16_autocast``: the plain model under CPU bf16 autocast vs float32.
 
@@ -30,6 +34,8 @@ from medft.bench import (
     standalone_main,
     time_interleaved,
 )
+from medft.inference import Predictor
+from medft.model.checkpoint import LoadedClassifier
 from medft.model.module import XrayClassifier
 
 QUICK = {"backbone": "test_efficientnet", "size": 64, "batch": 8, "repeats": 5}
@@ -52,6 +58,26 @@ def run(quick: bool) -> list[BenchResult]:
         with torch.inference_mode():
             return module.probabilities(module(grey).float())
 
+    predictor = Predictor(
+        [
+            LoadedClassifier(
+                model=module,
+                labels=list(module.labels),
+                task=module.task,
+                image_size=size,
+                fit_mode="pad",
+                thresholds={label: 0.5 for label in module.labels},
+                temperature=1.5,
+                meta={"image_size": size, "fit_mode": "pad", "cache_dtype": "uint8"},
+            )
+        ]
+    )
+    decoded = [image[0].numpy() for image in grey]
+
+    def medft_predictor() -> object:
+        probs = predictor.predict_images(decoded)
+        return predictor.call(probs)
+
     def plain_forward() -> object:
         with torch.inference_mode():
             return plain(normalised)
@@ -66,6 +92,7 @@ def run(quick: bool) -> list[BenchResult]:
 
     ops = {
         "medft": medft_predict,
+        "predictor": medft_predictor,
         "plain": plain_forward,
         "channels_last": plain_channels_last,
         "bf16": plain_bf16,
@@ -96,6 +123,9 @@ def run(quick: bool) -> list[BenchResult]:
         rate_result("inference/predict", t["medft"], t["plain"], items=batch,
                     target=Target(0.90), note=note + "; medft channels_last="
                     f"{module.hparams.channels_last}"),
+        rate_result("inference/predictor", t["predictor"], t["plain"], items=batch,
+                    target=Target(0.90), note=note + "; Predictor from decoded images "
+                    "(fit, uint8 quantise, normalise, forward, temperature, calls)"),
         rate_result("inference/channels_last", t["channels_last"], t["plain"], items=batch,
                     note=note + "; plain model, NHWC vs NCHW"),
         rate_result("inference/bf16_autocast", t["bf16"], t["plain"], items=batch,

@@ -504,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "send", help="store DICOM results (SR, captures) in a PACS: DICOMweb or DIMSE"
     )
-    p.add_argument("folder", help="folder of results (*.dcm, recursive), e.g. a --dicom-out")
+    p.add_argument("folder", help="folder of DICOM results (*.dcm, searched recursively)")
     p.add_argument(
         "--to", required=True,
         help="http(s)://host:port/dicom-web (STOW-RS) or dicom://AET@host:port (C-STORE)",
