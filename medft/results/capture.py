@@ -141,7 +141,7 @@ def build_capture(
         )
     finding = finding or findings[0].finding
     shown = sorted(findings, key=lambda r: r.finding != finding)
-    lines = [f"{method} map of '{finding}' - {model.describe()}"]
+    lines = [f"{method} map of '{finding}'", model.describe()]
     lines += [result.caption() for result in shown]
     capture = render_capture(overlay, lines)
     orientation = source.get("PatientOrientation")
@@ -171,7 +171,7 @@ def build_capture(
     if not known:
         sc.PatientOrientation = None  # Type 2: empty = unknown (the source does not say)
     sc.BurnedInAnnotation = "YES"
-    sc.ImageComments = f"{RESEARCH_BANNER}. {lines[0]}"[:10240]
+    sc.ImageComments = f"{RESEARCH_BANNER}. {lines[0]} - {lines[1]}"[:10240]
     sc.DerivationDescription = f"{method} saliency overlay of '{finding}' by {model.describe()}"[
         :1024
     ]

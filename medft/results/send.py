@@ -178,7 +178,7 @@ def send_results(
     """Store every DICOM file under ``folder`` in the PACS at ``to``; report each file.
 
     Args:
-        folder: a folder of results (e.g. ``--dicom-out`` of predict or explain).
+        folder: a folder of results (e.g. written by :func:`medft.results.write_results`).
         to: ``http(s)://host:port/dicom-web`` (STOW-RS) or ``dicom://AET@host:port``
             (C-STORE).
         calling_aet: our AE title for DIMSE.

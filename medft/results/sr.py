@@ -12,7 +12,9 @@ Layout of the document (highdicom builds and checks it):
   - the finding (a code of medft's private scheme ``99MEDFT`` named after the label),
   - the algorithm (TID 4019): name, medft version, and parameters (checkpoint SHA-256,
     threshold source, whether the probability is calibrated),
-  - two numeric measurements: the probability and the threshold (unit: UCUM ``1``),
+  - two numeric measurements (unit: UCUM ``1``): the probability (*Calibrated probability*,
+    or *Probability (not calibrated)* when the checkpoint has no temperature) and the
+    threshold,
   - one qualitative evaluation: the finding, *Present* or *Absent* (the call).
 
 The document is marked PARTIAL / PRELIMINARY / UNVERIFIED and its series description starts
@@ -47,7 +49,8 @@ __all__ = ["SR_SERIES_NUMBER", "SrFinding", "build_sr", "read_sr", "write_sr"]
 #: Series number of medft's SR series (captures use 9902); high, out of a modality's way.
 SR_SERIES_NUMBER = 9901
 
-_PROBABILITY = hd.sr.CodedConcept("PROB", CODING_SCHEME, "Calibrated probability")
+_CALIBRATED = hd.sr.CodedConcept("PROBCAL", CODING_SCHEME, "Calibrated probability")
+_UNCALIBRATED = hd.sr.CodedConcept("PROB", CODING_SCHEME, "Probability (not calibrated)")
 _THRESHOLD = hd.sr.CodedConcept("THRESH", CODING_SCHEME, "Operating point threshold")
 _UNITLESS = hd.sr.CodedConcept("1", "UCUM", "no units")
 _PROCEDURE = hd.sr.CodedConcept("363680008", "SCT", "Radiographic imaging procedure")
@@ -60,6 +63,7 @@ class SrFinding:
     Attributes:
         finding: the finding's name.
         probability: the probability stored in the report.
+        calibrated: whether it is the calibrated probability (temperature-scaled).
         threshold: the operating point stored in the report.
         positive: the call (*Present* = True).
         referenced_sop_instance_uids: the images the finding's group references.
@@ -68,6 +72,7 @@ class SrFinding:
 
     finding: str
     probability: float
+    calibrated: bool
     threshold: float
     positive: bool
     referenced_sop_instance_uids: tuple[str, ...]
@@ -130,7 +135,9 @@ def build_sr(
                 algorithm_id=algorithm,
                 measurements=[
                     hd.sr.Measurement(
-                        name=_PROBABILITY, value=float(result.probability), unit=_UNITLESS
+                        name=_CALIBRATED if result.calibrated else _UNCALIBRATED,
+                        value=float(result.probability),
+                        unit=_UNITLESS,
                     ),
                     hd.sr.Measurement(
                         name=_THRESHOLD, value=float(result.threshold), unit=_UNITLESS
@@ -223,7 +230,9 @@ def read_sr(source: str | Path | Dataset) -> list[SrFinding]:
     for group in groups:
         values = {m.name.value: float(m.value) for m in group.get_measurements()}
         evaluations = group.get_qualitative_evaluations()
-        if _PROBABILITY.value not in values or not evaluations:
+        calibrated = _CALIBRATED.value in values
+        probability = values.get(_CALIBRATED.value, values.get(_UNCALIBRATED.value))
+        if probability is None or not evaluations:
             continue
         concept = group.finding_type
         parameters = [
@@ -234,7 +243,8 @@ def read_sr(source: str | Path | Dataset) -> list[SrFinding]:
         found.append(
             SrFinding(
                 finding=concept.meaning if concept is not None else evaluations[0].name.meaning,
-                probability=values[_PROBABILITY.value],
+                probability=probability,
+                calibrated=calibrated,
                 threshold=values.get(_THRESHOLD.value, float("nan")),
                 positive=evaluations[0].value == codes.SCT.Present,
                 referenced_sop_instance_uids=tuple(

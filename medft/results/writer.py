@@ -1,6 +1,6 @@
 """One call per input image for the workflows: its SR, its captures, or a note saying why not.
 
-``medft predict --dicom-out DIR`` and ``medft explain --dicom-out DIR`` call
+A workflow (``medft predict`` / ``medft explain`` with a DICOM output folder ``DIR``) calls
 :func:`write_results` once per input and :func:`write_results_index` once per run:
 
 - a DICOM input gets ``DIR/<id>_sr.dcm`` and, for each overlay given,
@@ -88,7 +88,7 @@ def write_results(
         source_path: the input image.
         findings: one result per finding (probability, threshold, call).
         model: the model, see :meth:`ModelInfo.from_checkpoint`.
-        out_dir: the ``--dicom-out`` folder.
+        out_dir: the DICOM results folder.
         name: the workflow's output id of this input (file names start with it).
         overlays: finding name -> uint8 RGB overlay on the original grid.
         method: the saliency method that made the overlays.

@@ -90,6 +90,7 @@ def test_sr_names_findings_model_and_source(named_dicoms, tmp_path):
     assert [f.probability for f in found] == [0.8125, 0.0625]
     assert [f.threshold for f in found] == [0.43, 0.5]
     assert [f.positive for f in found] == [True, False]
+    assert [f.calibrated for f in found] == [True, False]
     assert all(f.referenced_sop_instance_uids == (source.SOPInstanceUID,) for f in found)
     assert f"checkpoint sha256 {MODEL.checkpoint_sha256}" in found[0].algorithm_parameters
     assert "probability calibrated no" in found[1].algorithm_parameters
@@ -107,7 +108,8 @@ def test_sr_passes_dsrdump(named_dicoms, tmp_path):
     run = subprocess.run(["dsrdump", str(out)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert "E:" not in run.stderr and "W:" not in run.stderr, run.stderr
-    assert "Calibrated probability" in run.stdout and "0.8125" in run.stdout
+    assert '"Calibrated probability")="0.8125"' in run.stdout
+    assert '"Probability (not calibrated)")="0.0625"' in run.stdout
     assert '(52101004,SCT,"Present")' in run.stdout and '(272519000,SCT,"Absent")' in run.stdout
 
 
