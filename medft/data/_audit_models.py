@@ -15,17 +15,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
+
+from medft.stats import auroc, cluster_bootstrap
 
 __all__ = [
     "Estimate",
-    "bootstrap_auroc",
     "estimate",
     "oof_all_features",
     "oof_categorical",
     "oof_numeric",
     "oof_probe",
-    "weighted_auroc",
 ]
 
 _SMOOTHING = 2.0  # pseudo-images at the training prior added to every level / bin
@@ -45,65 +44,19 @@ class Estimate:
 # --------------------------------------------------------------------------- AUROC
 
 
-def weighted_auroc(scores: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """AUROC (ties count one half) for each row of ``weights`` (shape (B, n)), vectorised.
-
-    Used for the bootstrap: a patient drawn twice gives its images weight 2. Equal to
-    scikit-learn's ``roc_auc_score`` with unit weights. Rows without both classes give NaN.
-    """
-    weights = np.atleast_2d(np.asarray(weights, dtype=float))
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    positive = y[order] == 1
-    w = weights[:, order]
-    pos = np.where(positive, w, 0.0)
-    neg = np.where(positive, 0.0, w)
-    # group equal scores: ties share credit
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    pos_g = np.add.reduceat(pos, starts, axis=1)
-    neg_g = np.add.reduceat(neg, starts, axis=1)
-    neg_below = np.cumsum(neg_g, axis=1) - neg_g
-    total_pos, total_neg = pos_g.sum(axis=1), neg_g.sum(axis=1)
-    wins = (pos_g * (neg_below + 0.5 * neg_g)).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = wins / (total_pos * total_neg)
-    auc[(total_pos == 0) | (total_neg == 0)] = np.nan
-    return auc
-
-
-def bootstrap_auroc(
-    scores: np.ndarray, y: np.ndarray, patients: np.ndarray, *, n_boot: int, seed: int
-) -> tuple[float, float]:
-    """Percentile 95% CI of the AUROC, resampling patients (all their images together)."""
-    codes, n_patients = _codes(patients)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_patients, size=(n_boot, n_patients))
-    offsets = np.arange(n_boot)[:, None] * n_patients
-    counts = np.bincount((draws + offsets).ravel(), minlength=n_boot * n_patients)
-    weights = counts.reshape(n_boot, n_patients)[:, codes]
-    values = weighted_auroc(scores, y, weights)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan"), float("nan")
-    tail = (1.0 - _CI_LEVEL) / 2.0 * 100.0
-    low, high = np.percentile(values, [tail, 100.0 - tail])
-    return float(low), float(high)
-
-
 def estimate(
     scores: np.ndarray, y: np.ndarray, patients: np.ndarray, *, n_boot: int, seed: int
 ) -> Estimate:
-    """AUROC of out-of-fold scores (scikit-learn) with a patient-bootstrap CI."""
-    if len(np.unique(y)) < 2:
+    """AUROC of out-of-fold scores with a patient-bootstrap percentile CI.
+
+    Both come from medft's one statistics engine (:mod:`medft.stats`), the same AUROC kernel
+    and patient resampling as ``medft evaluate``: all images of a drawn patient come along.
+    NaN throughout when only one class is present.
+    """
+    found = cluster_bootstrap(y, scores, patients, auroc, n=n_boot, seed=seed, ci=_CI_LEVEL)
+    if not np.isfinite(found.value):
         return Estimate(float("nan"), float("nan"), float("nan"))
-    auc = float(roc_auc_score(y, scores))
-    low, high = bootstrap_auroc(scores, y, patients, n_boot=n_boot, seed=seed)
-    return Estimate(auc, low, high)
-
-
-def _codes(values: np.ndarray) -> tuple[np.ndarray, int]:
-    uniques, codes = np.unique(np.asarray(values, dtype=str), return_inverse=True)
-    return codes, len(uniques)
+    return Estimate(found.value, found.ci_low, found.ci_high)
 
 
 # ------------------------------------------------------------- univariate predictors
@@ -172,8 +125,7 @@ def _bin(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 def _direction(x: np.ndarray, y: np.ndarray) -> float:
     """+1 if larger values go with positives in these (training) images, else -1."""
-    auc = weighted_auroc(x, y, np.ones((1, len(y))))[0]
-    return -1.0 if auc < 0.5 else 1.0
+    return -1.0 if auroc(y, x) < 0.5 else 1.0
 
 
 # ---------------------------------------------------------------- joint predictors

@@ -1,4 +1,6 @@
-"""How a shortcut audit is shown: CLI text, the warning paragraph, audit.json and audit.html.
+"""The shortcut audit's report: the ``AuditReport`` record and how it is shown (CLI text,
+the warning paragraph, audit.json and audit.html). :mod:`medft.data.audit` measures and
+re-exports ``AuditReport``; this module needs nothing from it.
 
 The HTML page is self-contained (inline CSS, figures as base64 PNG drawn with matplotlib's
 object API on the Agg canvas), so it can be mailed or archived next to a run.
@@ -10,18 +12,31 @@ import base64
 import html
 import io
 import math
+import os
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from medft._io import write_json, write_text
+from medft.data._audit_types import (
+    REVIEW_ONLY,
+    AuditFinding,
+    FeatureResult,
+    describe,
+    json_safe,
+)
 
-if TYPE_CHECKING:
-    from medft.data.audit import AuditReport, FeatureResult
-
-__all__ = ["format_text", "render_html", "review_paragraph", "warning_paragraph", "write_report"]
+__all__ = [
+    "AuditReport",
+    "format_text",
+    "render_html",
+    "review_paragraph",
+    "warning_paragraph",
+    "write_report",
+]
 
 _DPI = 100
 _FLAG = "<- SHORTCUT"
@@ -43,13 +58,102 @@ figcaption{color:#555;font-size:.85em}
 """
 
 
+# ---------------------------------------------------------------------------- report
+
+
+@dataclass
+class AuditReport:
+    """Everything a shortcut audit measured; ``findings`` are the predictors that fired.
+
+    Attributes:
+        source: The manifest audited.
+        labels: The labels audited.
+        threshold: AUROC at or above which a predictor is a finding.
+        folds, seed, n_boot: Cross-validation folds, seed and bootstrap resamples.
+        depth: ``"pixels"`` (decoded images) or ``"header"`` (quick, headers only).
+        probes: Whether the image probes ran.
+        n_images: Rows in the manifest.
+        n_audited: Images read and used (after ``max_images`` and unreadable files).
+        n_patients: Patients among the audited images.
+        n_unreadable: Files that could not be read (run ``medft data check`` for details).
+        results: Every predictor's estimate, per label.
+        skipped: Features or columns not used, with the reason.
+        label_notes: Labels that could not be audited, with the reason.
+        distributions: Per label, the class-wise distributions of its strongest features
+            (for the HTML report).
+        difference_maps: Per label, the mean positive minus mean negative thumbnail
+            (32x32, display intensity) — where in the image the classes differ.
+        elapsed_s: Wall time.
+        workers: Reader processes used.
+    """
+
+    source: str | None
+    labels: list[str]
+    threshold: float
+    folds: int
+    seed: int
+    n_boot: int
+    depth: str
+    probes: bool
+    n_images: int
+    n_audited: int
+    n_patients: int
+    n_unreadable: int
+    results: list[FeatureResult]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    label_notes: dict[str, str] = field(default_factory=dict)
+    distributions: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    difference_maps: dict[str, list[list[float]]] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    workers: int = 1
+
+    @property
+    def findings(self) -> list[AuditFinding]:
+        """Shortcuts: predictors at or above the threshold (CI above chance), strongest first."""
+        return self._fired(review=False)
+
+    @property
+    def reviews(self) -> list[AuditFinding]:
+        """Whole-image signals at or above the threshold that may be disease: look, then judge."""
+        return self._fired(review=True)
+
+    def is_finding(self, result: FeatureResult) -> bool:
+        """Whether ``result`` is a shortcut finding (not a review) under this threshold."""
+        return result.fires(self.threshold) and result.feature not in REVIEW_ONLY
+
+    def _fired(self, *, review: bool) -> list[AuditFinding]:
+        fired = [
+            r
+            for r in self.results
+            if r.fires(self.threshold) and (r.feature in REVIEW_ONLY) == review
+        ]
+        fired.sort(key=lambda r: (-r.auroc, r.label, r.feature))
+        return [
+            AuditFinding(r.label, r.feature, r.kind, r.auroc, r.ci_low, r.ci_high) for r in fired
+        ]
+
+    def warning(self) -> str | None:
+        """The one-paragraph warning to show wherever the data are used, or None."""
+        return warning_paragraph(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (``audit.json``) with ``findings``, ``reviews`` and ``warning``."""
+        data = asdict(self)
+        data["findings"] = [{**asdict(f), "message": f.message} for f in self.findings]
+        data["reviews"] = [{**asdict(f), "message": f.message} for f in self.reviews]
+        data["warning"] = self.warning()
+        return json_safe(data)
+
+    def format(self, max_rows: int = 12) -> str:
+        """The text the CLI prints: per label a table sorted by AUROC, then the warning."""
+        return format_text(self, max_rows=max_rows)
+
+    def write(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+        """Write ``audit.json`` and a self-contained ``audit.html`` into ``out_dir``."""
+        return write_report(self, Path(out_dir))
+
+
 # ------------------------------------------------------------------------------ text
-
-
-def _display_name(feature: str) -> str:
-    from medft.data.audit import describe
-
-    return describe(feature)
 
 
 def _ci_text(result: Any) -> str:
@@ -224,7 +328,7 @@ def _table(report: AuditReport, rows: Sequence[FeatureResult]) -> str:
         flag = " class=flag" if report.is_finding(r) else ""
         body.append(
             f"<tr{flag}><td class=l><code>{esc(r.feature)}</code></td>"
-            f"<td class=l>{esc(_display_name(r.feature))}</td><td class=l>{r.kind}</td>"
+            f"<td class=l>{esc(describe(r.feature))}</td><td class=l>{r.kind}</td>"
             f"<td>{r.auroc:.3f}</td><td>{_ci_text(r)}</td><td>{r.n_images}</td></tr>"
         )
     head = (

@@ -20,8 +20,6 @@ import re
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,12 +28,23 @@ from threadpoolctl import threadpool_limits
 
 from medft.data import _audit_models as models
 from medft.data._audit_features import (
-    THUMB_SIDE,
     ImageFeatures,
     border_mask,
     feature_frame,
     read_features,
     usable_cpus,
+)
+from medft.data._audit_report import AuditReport
+from medft.data._audit_types import (
+    BORDER_PROBE,
+    COLUMN_PREFIX,
+    COMBINED,
+    PROBES,
+    REVIEW_ONLY,
+    THUMBNAIL_PROBE,
+    AuditFinding,
+    FeatureResult,
+    describe,
 )
 from medft.data.manifest import RESERVED_COLUMNS, Manifest, load_manifest
 from medft.data.splits import kfold_split
@@ -55,47 +64,8 @@ __all__ = [
     "describe",
 ]
 
-COMBINED = "all_metadata"
-"""Name of the predictor that uses every metadata feature together."""
-
-THUMBNAIL_PROBE = "thumbnail_probe"
-BORDER_PROBE = "border_probe"
-PROBES = (THUMBNAIL_PROBE, BORDER_PROBE)
-"""Names of the image-level probes."""
-
-REVIEW_ONLY = frozenset({THUMBNAIL_PROBE})
-"""Predictors that can also see the disease itself: reaching the threshold asks for a look
-(a *review*), not a shortcut finding. Large findings such as an effusion are visible on a
-16x16 thumbnail; measured on 2,000 default synthetic images, the thumbnail predicts
-effusion with AUROC 0.82 while the border probe and every metadata feature stay near 0.5."""
-
-COLUMN_PREFIX = "column:"
-"""Features taken from the manifest's own columns are named ``column:<name>``."""
-
 QUICK_MAX_IMAGES = 500
 """A quick audit (start of ``fit``/``cv``) looks at headers of at most this many images."""
-
-DESCRIPTIONS = {
-    "rows": "image height (rows)",
-    "columns": "image width (columns)",
-    "aspect_ratio": "aspect ratio (rows / columns)",
-    "pixel_spacing": "pixel spacing (mm)",
-    "bits_stored": "bits stored",
-    "padding_fraction": "fraction of padding pixels",
-    "raw_mean": "mean stored pixel value (before windowing)",
-    "raw_sd": "SD of stored pixel values (before windowing)",
-    "photometric": "photometric interpretation",
-    "transfer_syntax": "transfer syntax / compression",
-    "modality": "modality",
-    "manufacturer": "manufacturer",
-    "manufacturer_model": "manufacturer's model",
-    "view_position": "view position",
-    "body_part": "body part",
-    COMBINED: "all metadata together",
-    THUMBNAIL_PROBE: f"a {THUMB_SIDE}x{THUMB_SIDE} thumbnail of the image",
-    BORDER_PROBE: "the image border (centre masked)",
-}
-"""Plain-language names used in messages and reports."""
 
 _MIN_CLASS_PATIENTS = 5
 _MAX_LEVEL_SHARE = 0.5  # a text column with more distinct values than this share is an ID
@@ -109,192 +79,6 @@ _IDENTIFYING_WORDS = frozenset(
 )  # fmt: skip
 _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+")
 _LABEL_LIKE = frozenset({"0", "1", "-1", "0.0", "1.0", "-1.0", "true", "false", ""})
-
-
-@dataclass(frozen=True)
-class FeatureResult:
-    """One predictor's cross-validated AUROC for one label.
-
-    Attributes:
-        label: The label predicted.
-        feature: Feature name (``column:<name>`` for manifest columns, ``all_metadata``,
-            ``thumbnail_probe``, ``border_probe``).
-        kind: ``"numeric"``, ``"categorical"``, ``"combined"`` or ``"probe"``.
-        auroc: Out-of-fold AUROC under patient-grouped CV (0.5 = chance).
-        ci_low, ci_high: 95% patient-bootstrap interval of that AUROC.
-        n_images: Images with a known label that the estimate used.
-    """
-
-    label: str
-    feature: str
-    kind: str
-    auroc: float
-    ci_low: float
-    ci_high: float
-    n_images: int
-
-    def fires(self, threshold: float) -> bool:
-        """AUROC at or above ``threshold`` with a CI that excludes chance.
-
-        For a predictor in :data:`REVIEW_ONLY` this makes a review, otherwise a finding.
-        """
-        return (
-            math.isfinite(self.auroc)
-            and self.auroc >= threshold
-            and math.isfinite(self.ci_low)
-            and self.ci_low > 0.5
-        )
-
-
-@dataclass(frozen=True)
-class AuditFinding:
-    """A predictor that reached the threshold: a shortcut a model could learn."""
-
-    label: str
-    feature: str
-    kind: str
-    auroc: float
-    ci_low: float
-    ci_high: float
-
-    @property
-    def message(self) -> str:
-        """One plain-language sentence naming the label, the feature and the strength."""
-        strength = f"(AUROC {self.auroc:.2f} [{self.ci_low:.2f}, {self.ci_high:.2f}])"
-        if self.feature == THUMBNAIL_PROBE:
-            return (
-                f"{describe(self.feature)} predicts {self.label} {strength}; large findings "
-                "can show at that size, so this may be the disease itself — look at the "
-                "difference map in audit.html: a difference over the lungs is disease, one "
-                "at the edges, corners or outside the body is a shortcut"
-            )
-        if self.feature == BORDER_PROBE:
-            source = "the image border alone, with the centre masked"
-        elif self.kind == "combined":
-            source = "the image metadata alone"
-        else:
-            what = describe(self.feature)
-            source = f"{self.feature} alone" + (f" ({what})" if what != self.feature else "")
-        return (
-            f"a model could learn to predict {self.label} from {source} {strength} — "
-            "this is a shortcut, not disease"
-        )
-
-
-def describe(feature: str) -> str:
-    """Plain-language name of a feature (manifest columns keep their name)."""
-    if feature.startswith(COLUMN_PREFIX):
-        return f"manifest column {feature[len(COLUMN_PREFIX) :]!r}"
-    return DESCRIPTIONS.get(feature, feature)
-
-
-@dataclass
-class AuditReport:
-    """Everything a shortcut audit measured; ``findings`` are the predictors that fired.
-
-    Attributes:
-        source: The manifest audited.
-        labels: The labels audited.
-        threshold: AUROC at or above which a predictor is a finding.
-        folds, seed, n_boot: Cross-validation folds, seed and bootstrap resamples.
-        depth: ``"pixels"`` (decoded images) or ``"header"`` (quick, headers only).
-        probes: Whether the image probes ran.
-        n_images: Rows in the manifest.
-        n_audited: Images read and used (after ``max_images`` and unreadable files).
-        n_patients: Patients among the audited images.
-        n_unreadable: Files that could not be read (run ``medft data check`` for details).
-        results: Every predictor's estimate, per label.
-        skipped: Features or columns not used, with the reason.
-        label_notes: Labels that could not be audited, with the reason.
-        distributions: Per label, the class-wise distributions of its strongest features
-            (for the HTML report).
-        difference_maps: Per label, the mean positive minus mean negative thumbnail
-            (32x32, display intensity) — where in the image the classes differ.
-        elapsed_s: Wall time.
-        workers: Reader processes used.
-    """
-
-    source: str | None
-    labels: list[str]
-    threshold: float
-    folds: int
-    seed: int
-    n_boot: int
-    depth: str
-    probes: bool
-    n_images: int
-    n_audited: int
-    n_patients: int
-    n_unreadable: int
-    results: list[FeatureResult]
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    label_notes: dict[str, str] = field(default_factory=dict)
-    distributions: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    difference_maps: dict[str, list[list[float]]] = field(default_factory=dict)
-    elapsed_s: float = 0.0
-    workers: int = 1
-
-    @property
-    def findings(self) -> list[AuditFinding]:
-        """Shortcuts: predictors at or above the threshold (CI above chance), strongest first."""
-        return self._fired(review=False)
-
-    @property
-    def reviews(self) -> list[AuditFinding]:
-        """Whole-image signals at or above the threshold that may be disease: look, then judge."""
-        return self._fired(review=True)
-
-    def is_finding(self, result: FeatureResult) -> bool:
-        """Whether ``result`` is a shortcut finding (not a review) under this threshold."""
-        return result.fires(self.threshold) and result.feature not in REVIEW_ONLY
-
-    def _fired(self, *, review: bool) -> list[AuditFinding]:
-        fired = [
-            r
-            for r in self.results
-            if r.fires(self.threshold) and (r.feature in REVIEW_ONLY) == review
-        ]
-        fired.sort(key=lambda r: (-r.auroc, r.label, r.feature))
-        return [
-            AuditFinding(r.label, r.feature, r.kind, r.auroc, r.ci_low, r.ci_high) for r in fired
-        ]
-
-    def warning(self) -> str | None:
-        """The one-paragraph warning to show wherever the data are used, or None."""
-        from medft.data._audit_report import warning_paragraph
-
-        return warning_paragraph(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (``audit.json``) with ``findings``, ``reviews`` and ``warning``."""
-        data = asdict(self)
-        data["findings"] = [{**asdict(f), "message": f.message} for f in self.findings]
-        data["reviews"] = [{**asdict(f), "message": f.message} for f in self.reviews]
-        data["warning"] = self.warning()
-        return _json_safe(data)
-
-    def format(self, max_rows: int = 12) -> str:
-        """The text the CLI prints: per label a table sorted by AUROC, then the warning."""
-        from medft.data._audit_report import format_text
-
-        return format_text(self, max_rows=max_rows)
-
-    def write(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-        """Write ``audit.json`` and a self-contained ``audit.html`` into ``out_dir``."""
-        from medft.data._audit_report import write_report
-
-        return write_report(self, Path(out_dir))
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN (an undefined AUROC) becomes None, so ``--json`` output is valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    return value
 
 
 # ------------------------------------------------------------------------ the audit

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import optimize
 
 from medft.errors import ConfigError, DataError
-from medft.eval.metrics import known_pairs
+from medft.stats import known_pairs
 
 #: Probabilities are clipped to [eps, 1 - eps] before taking logits.
 PROB_EPS = 1e-6

@@ -30,6 +30,7 @@ from medft.data.audit import (
 from medft.data.manifest import load_manifest
 from medft.data.synth import synthesize
 from medft.errors import ConfigError, DataError
+from medft.stats import auroc, cluster_bootstrap
 
 N_PATIENTS = 80
 SIZE = 64
@@ -84,19 +85,22 @@ def _result(report: AuditReport, feature: str, label: str = "abnormal") -> Featu
 # ------------------------------------------------------------------ statistics units
 
 
-def test_weighted_auroc_matches_scikit_learn_with_ties_and_weights() -> None:
+def test_audit_estimate_is_the_shared_engine_on_patients() -> None:
+    """The audit's AUROC and interval are medft.stats' cluster bootstrap, nothing of its own."""
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 6, 300).astype(float)  # many ties
     y = (rng.random(300) < 0.4).astype(float)
-    assert models.weighted_auroc(scores, y, np.ones((1, 300)))[0] == pytest.approx(
-        roc_auc_score(y, scores)
+    patients = np.array([f"P{i // 3}" for i in range(300)])
+    found = models.estimate(scores, y, patients, n_boot=200, seed=4)
+    assert found.auroc == pytest.approx(roc_auc_score(y, scores))
+    shared = cluster_bootstrap(y, scores, patients, auroc, n=200, seed=4)
+    assert (found.auroc, found.ci_low, found.ci_high) == (
+        shared.value,
+        shared.ci_low,
+        shared.ci_high,
     )
-    counts = rng.integers(0, 3, 300)
-    repeated = np.repeat(np.arange(300), counts)
-    expected = roc_auc_score(y[repeated], scores[repeated])
-    assert models.weighted_auroc(scores, y, counts[None, :])[0] == pytest.approx(expected)
-    one_class = np.where(y == 1, 0, 1)[None, :]  # weights that drop every positive
-    assert np.isnan(models.weighted_auroc(scores, y, one_class)[0])
+    one_class = models.estimate(scores, np.zeros(300), patients, n_boot=50, seed=0)
+    assert all(np.isnan([one_class.auroc, one_class.ci_low, one_class.ci_high]))
 
 
 def test_bootstrap_ci_brackets_the_estimate_and_narrows_with_more_patients() -> None:
@@ -117,11 +121,12 @@ def test_bootstrap_resamples_patients_not_images() -> None:
     rng = np.random.default_rng(2)
     y = (rng.random(60) < 0.5).astype(float)
     scores = y + rng.normal(0, 1.0, 60)
-    single = models.bootstrap_auroc(scores, y, np.arange(60), n_boot=400, seed=0)
-    copies = models.bootstrap_auroc(
+    single = models.estimate(scores, y, np.arange(60), n_boot=400, seed=0)
+    copies = models.estimate(
         np.repeat(scores, 10), np.repeat(y, 10), np.repeat(np.arange(60), 10), n_boot=400, seed=0
     )
-    assert copies == pytest.approx(single)
+    assert copies.ci_low == pytest.approx(single.ci_low)
+    assert copies.ci_high == pytest.approx(single.ci_high)
 
 
 def test_numeric_predictor_learns_direction_and_non_monotone_tells() -> None:
