@@ -188,6 +188,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         check_max=args.check_max,
     )
     print(format_summary(index, args.out))
+    if args.dicom_out is not None:
+        from medft.workflows.dicom_out import explain_dicom, format_dicom_summary
+
+        results = explain_dicom(index, args.out, args.dicom_out, args.checkpoint)
+        print(format_dicom_summary(results, args.dicom_out))
     return 0 if (index["status"] == "ok").any() else 1
 
 
@@ -209,6 +214,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         quiet=args.quiet or None,
     )
     print(format_summary(run))
+    if args.dicom_out is not None:
+        from medft.workflows.dicom_out import format_dicom_summary, predict_dicom
+
+        print(format_dicom_summary(predict_dicom(run, args.dicom_out), args.dicom_out))
     return 0 if len(run.predictions.table) else 1
 
 
@@ -459,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the randomisation check and deletion/insertion scores (checks.json)",
     )  # fmt: skip
     p.add_argument("--check-max", type=int, default=20, help="images used by --check")
+    p.add_argument("--dicom-out", type=Path, default=None, metavar="DIR",
+                   help="also write DICOM results (SR + overlay captures, research use only) "
+                   "for DICOM inputs; see docs/pacs.md")  # fmt: skip
     _add_quiet(p)
     p.set_defaults(handler=_cmd_explain)
 
@@ -482,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-patient-id", action="store_true",
                    help="write raw patient IDs (default: salted keys only)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--dicom-out", type=Path, default=None, metavar="DIR",
+                   help="also write a DICOM SR per DICOM input (research use only); see "
+                   "docs/pacs.md")  # fmt: skip
     _add_quiet(p)
     p.set_defaults(handler=_cmd_predict)
 
