@@ -23,6 +23,7 @@ OUTPUTS = {
     "cv_study.py": ["study/summary.json", "study/oof_predictions.csv", "study/report.html"],
     "custom_backbone.py": ["stages.json", "run/checkpoints/last.ckpt"],
     "custom_schedule.py": ["plan.json", "run/**/*.ckpt"],
+    "ensemble_tta.py": ["results.json", "study/summary.json", "pred/*/predictions.csv"],
 }
 
 
