@@ -580,8 +580,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             set_quiet(True)
         handler: Handler | None = getattr(args, "handler", None)
-        if handler is None:
-            parser.print_help()
+        if handler is None:  # no command (help, exit 0) or an incomplete one (`medft data`)
+            parser.print_help(sys.stderr if argv else sys.stdout)
             return 0 if not argv else 2
         status = handler(args)
         _record_run(args, argv)

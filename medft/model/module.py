@@ -391,7 +391,13 @@ class XrayClassifier(L.LightningModule):
         """AdamW over every stage from step 0, LR per step from the schedule's lambdas."""
         groups = self.schedule.param_groups(self.hparams.lr, self.hparams.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr)
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        estimated = self.trainer.estimated_stepping_batches
+        if not math.isfinite(estimated):  # max_epochs -1 and no max_steps: training without end
+            raise ConfigError(
+                "trainer.max_epochs: the warm-up and cosine schedule needs a finite run; set "
+                "--trainer.max_epochs N (>= 1) or --trainer.max_steps N"
+            )
+        total_steps = max(1, int(estimated))
         max_epochs = max(1, int(self.trainer.max_epochs or 1))
         steps_per_epoch = max(1, math.ceil(total_steps / max_epochs))
         warmup_steps = round(self.hparams.warmup_epochs * steps_per_epoch)
