@@ -122,3 +122,56 @@ def test_trained_model_results_round_trip_through_orthanc(tiny_checkpoint, tmp_p
             enlarged = np.repeat(np.repeat(overlay, layout.scale, 0), layout.scale, 1)
             area = sc.pixel_array[layout.top : layout.top + enlarged.shape[0], : enlarged.shape[1]]
             np.testing.assert_array_equal(area, enlarged)
+
+
+def test_predict_dicom_out_then_medft_send_round_trip(tiny_checkpoint, tmp_path, empty_orthanc):
+    """The commands a user types: predict --dicom-out, send, then the PACS has predictions.csv."""
+    import pandas as pd
+    from dicomweb_client.api import DICOMwebClient
+
+    from medft.cli import main
+    from medft.data.synth import synthesize
+
+    synthesize(tmp_path / "synth", 3, size=64, seed=41, patient_info=True, workers=1)
+    out, dicom = tmp_path / "preds", tmp_path / "preds" / "dicom"
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--input",
+                str(tmp_path / "synth" / "images"),
+                "--out",
+                str(out),
+                "--dicom-out",
+                str(dicom),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert main(["send", str(dicom), "--to", empty_orthanc.dimse_url]) == 0
+    predictions = pd.read_csv(out / "predictions.csv")
+    labels = [c.removeprefix("probcal_") for c in predictions.columns if c.startswith("probcal_")]
+    client = DICOMwebClient(url=empty_orthanc.dicomweb_url)
+    hits = client.search_for_instances(search_filters={"Modality": "SR"})
+    assert len(hits) == len(predictions) == 3
+    for item in hits:
+        hit = pydicom.Dataset.from_json(item)
+        sr = client.retrieve_instance(
+            hit.StudyInstanceUID, hit.SeriesInstanceUID, hit.SOPInstanceUID
+        )
+        back = read_sr(sr)
+        uid = back[0].referenced_sop_instance_uids[0]
+        path = next(
+            p
+            for p in predictions["path"]
+            if pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID == uid
+        )
+        row = predictions[predictions["path"] == path].iloc[0]
+        assert [f.finding for f in back] == labels
+        assert [f.probability for f in back] == pytest.approx(
+            [row[f"probcal_{label}"] for label in labels], abs=1e-12
+        )
+        assert [f.positive for f in back] == [bool(row[f"call_{label}"]) for label in labels]
