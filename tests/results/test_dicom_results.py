@@ -264,3 +264,18 @@ def test_model_info_from_predictor_info_names_one_model_or_an_ensemble(named_dic
     assert f"member checkpoint sha256 {'bb' * 32}" in found[0].algorithm_parameters
     with pytest.raises(ConfigError, match="SHA-256"):
         ModelInfo.from_predictor_info({"checkpoints": [{"backbone": "resnet18"}]})
+
+
+def test_non_ascii_patient_names_keep_their_character_set(named_dicoms, tmp_path):
+    ds = pydicom.dcmread(named_dicoms[0])
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = "Müller^Jürgen"
+    source = tmp_path / "utf8.dcm"
+    ds.save_as(source)
+    sr = strict_read(write_sr(source, FINDINGS, MODEL, tmp_path / "sr.dcm"))
+    sc = strict_read(
+        write_capture(source, overlay_for(source), FINDINGS, MODEL, tmp_path / "sc.dcm")
+    )
+    for written in (sr, sc):
+        assert written.SpecificCharacterSet == "ISO_IR 192"
+        assert str(written.PatientName) == "Müller^Jürgen"
