@@ -567,11 +567,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medft`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from medft import signals
+
+    if argv[:1] in (["fit"], ["cv"]):
+        signals.install()  # SIGTERM/SIGINT: last.ckpt saved, exit 143/130, never DONE
     try:
         if argv and argv[0] in LIGHTNING_COMMANDS:
             from medft.lightning_cli import run_lightning
 
             run_lightning(argv[0], argv[1:])
+            signals.raise_if_received("after the last batch")
             return 0
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -589,6 +594,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedftError as exc:
         print(f"medft: error: {exc}", file=sys.stderr)
         return 2
+    except signals.Interrupted as exc:
+        print(f"medft: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except SystemExit:
+        signum = signals.received()  # Lightning exits 1 on a second Ctrl-C
+        if signum is None:
+            raise
+        print(f"medft: {signals.Interrupted(signum)}", file=sys.stderr)
+        return signals.exit_status(signum)
     except KeyboardInterrupt:
         print("medft: interrupted", file=sys.stderr)
         return 130

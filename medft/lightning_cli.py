@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,9 +19,11 @@ from typing import Any
 from jsonargparse import Namespace
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from medft import signals
+from medft._io import fsync_dir
 from medft.data.datamodule import XrayDataModule
 from medft.data.loader_monitor import LoaderMonitor
 from medft.errors import ConfigError
@@ -90,12 +93,79 @@ def trainer_defaults() -> dict[str, Any]:
         "log_every_n_steps": 10,
         "gradient_clip_val": 1.0,
         "num_sanity_val_steps": 0,
-        "callbacks": [LearningRateMonitor(logging_interval="epoch"), OperatingPointCallback()],
+        "callbacks": [
+            LearningRateMonitor(logging_interval="epoch"),
+            OperatingPointCallback(),
+            StopOnSignal(),
+        ],
     }
 
 
 def _checkpoint_dir(root: str | None) -> str:
     return os.path.join(root or DEFAULT_ROOT, "checkpoints")
+
+
+class StopOnSignal(Callback):
+    """On SIGTERM/SIGINT: save ``last.ckpt`` at the end of the current batch, then stop.
+
+    The checkpoint is written where a periodic one would be (``on_train_batch_end``), so a
+    resume continues from the next batch of the interrupted epoch. Under DDP the ranks
+    agree first (any rank's signal stops all of them at the same batch). The run then ends
+    with :class:`medft.signals.Interrupted` (exit status 143 or 130), never as a success.
+    """
+
+    def on_fit_start(self, trainer: Trainer, pl_module: Any) -> None:
+        """From here on, a first signal waits for the batch to end."""
+        signals.fit_running(True)
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        """Save and stop if a signal arrived (on any rank)."""
+        stop = trainer.strategy.reduce_boolean_decision(signals.received() is not None, all=False)
+        if not stop:
+            return
+        signum = signals.received() or signal.SIGTERM
+        path = resume_checkpoint_path(trainer)
+        detail = "no checkpoint saved (checkpointing is off)"
+        if path is not None:
+            save_checkpoint_atomically(trainer, path)
+            detail = (
+                f"saved {path} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+                "resume with --ckpt_path (medft cv: --resume)"
+            )
+        signals.fit_running(False)
+        raise signals.Interrupted(signum, detail)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: Any) -> None:
+        """A signal after the last batch is handled by the caller (no DONE is written)."""
+        signals.fit_running(False)
+
+    def on_exception(self, trainer: Trainer, pl_module: Any, exception: BaseException) -> None:
+        """The fit is over, one way or another."""
+        signals.fit_running(False)
+
+
+def resume_checkpoint_path(trainer: Trainer) -> Path | None:
+    """Where ``last.ckpt`` goes: the folder of the checkpoint callback that keeps one."""
+    callbacks = list(trainer.checkpoint_callbacks)
+    keeping = [c for c in callbacks if getattr(c, "save_last", False)] or callbacks
+    for callback in keeping:
+        if getattr(callback, "dirpath", None):
+            name = callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
+            return Path(callback.dirpath) / name
+    return None
+
+
+def save_checkpoint_atomically(trainer: Trainer, path: Path) -> None:
+    """``trainer.save_checkpoint`` into a temporary name, then one rename over ``path``.
+
+    A second kill while writing leaves the previous ``last.ckpt`` whole.
+    """
+    tmp = path.with_name(f".{path.name}.signal.tmp")
+    trainer.save_checkpoint(tmp)
+    if trainer.is_global_zero:
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    trainer.strategy.barrier("medft.save_checkpoint_atomically")
 
 
 class MedftLightningCLI(LightningCLI):

@@ -402,3 +402,96 @@ def test_failed_leakage_check_leaves_no_run_folders(
     assert "LeakageError" not in capsys.readouterr().err
     left = sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) if run.exists() else []
     assert not [p for p in left if p.startswith(("tensorboard", "logs", "checkpoints"))], left
+
+
+# ------------------------------------------------------------ 4. SIGTERM / SIGINT
+
+
+def _start(argv: list[str], cwd: Path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "medft.cli", *argv],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(path: Path, proc, timeout: float = 300.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+def _read_ckpt(path: Path) -> dict:
+    from medft.model.checkpoint import read_checkpoint
+
+    return read_checkpoint(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signame", "status"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_fit_stopped_by_a_signal_saves_last_ckpt_and_exits_non_zero(
+    signame: str, status: int, tiny_dataset: Path, fit_args, tmp_path: Path
+) -> None:
+    import signal
+
+    run = tmp_path / "run"
+    args = fit_args(tiny_dataset, run, "--data.batch_size", "2", "--checkpoint.monitor", "null")
+    args[args.index("--trainer.max_epochs") + 1] = "50"
+    proc = _start(["fit", *args], tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    _wait_for(last, proc)  # epoch 0 done: stop in the middle of epoch 1
+    before = _read_ckpt(last)["global_step"]
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == status, err[-2000:]
+    assert f"medft: stopped by {signame}; saved {last}" in err
+    after = _read_ckpt(last)
+    assert after["global_step"] > before  # saved at the interrupted batch, not the epoch end
+    assert after["epoch"] < 49
+
+
+@pytest.mark.slow
+def test_cv_stopped_by_sigterm_exits_143_writes_no_done_and_resumes(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    import signal
+
+    from tests.conftest import ROOT
+
+    study = tmp_path / "study"
+    overrides = [
+        "--data.manifest", str(tiny_dataset), "--data.image_size", "64",
+        "--data.batch_size", "2", "--data.num_workers", "0",
+        "--model.backbone", "test_efficientnet", "--model.pretrained", "false",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    ]  # fmt: skip
+    base = ["cv", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--folds", "2"]
+    overrides += ["--trainer.max_epochs", "3"]
+    argv = [*base, "--out", str(study), "--n-boot", "20"]
+    proc = _start([*argv, "--", *overrides], tmp_path)
+    last = study / "fold_0" / "checkpoints" / "last.ckpt"
+    _wait_for(last, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM" in err
+    assert not (study / "fold_0" / "DONE").exists()
+    assert _read_ckpt(last)["global_step"] > 0
+    # Requeued with --resume: the fold continues from last.ckpt and the study finishes.
+    resumed = _start([*argv, "--resume", "--", *overrides], tmp_path)
+    out, err = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, err[-3000:]
+    assert "resuming from last.ckpt" in out
+    assert (study / "fold_0" / "DONE").exists() and (study / "fold_1" / "DONE").exists()

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from medft import __version__
+from medft import __version__, signals
 from medft._io import check_output_dir, check_output_file, write_bytes, write_json, write_text
 from medft.errors import ConfigError, DataError, MedftError
 from medft.eval import plots
@@ -366,6 +366,7 @@ def _run_fold(
             "epoch and to resume; the config removed it"
         )
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume_from)
+    signals.raise_if_received(f"{fid.describe()} not finished; rerun with --resume")
     best = best_checkpoint_path(cli.trainer) or last_checkpoint_path(cli.trainer) or last
     if not best.is_file():
         raise ConfigError(f"{directory}: no checkpoint was saved; set save_last: true")
@@ -404,6 +405,7 @@ def _run_fold(
         "seconds": round(time.perf_counter() - started, 1),
         "finished_utc": _now(),
     }
+    signals.raise_if_received(f"{fid.describe()} not finished; rerun with --resume")
     write_json(done, record)
     say(f"{fid.describe()}: done in {record['seconds']:.0f} s ({len(table)} images predicted)")
     return record
