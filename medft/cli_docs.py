@@ -16,7 +16,7 @@ HEADER = """# Command line
 One command, `medft`, with subcommands. This page is generated from the parser
 (`python -m medft.cli_docs > docs/cli.md`); a test keeps it in step with the code.
 
-`medft fit|validate|test|predict` are LightningCLI commands: their options are the
+`medft fit|validate|test` are LightningCLI commands: their options are the
 config keys of the model, the data module and the Lightning trainer. Print them all,
 with the values a config gives them, with `medft fit --config configs/quickstart.yaml
 --print_config`.
