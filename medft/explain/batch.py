@@ -192,9 +192,7 @@ class _OutputWriter:
         for result in results:
             # saliency reports the uncalibrated probability: compare it on that scale
             threshold = self.predictor.threshold_for(result.finding, calibrated=False)
-            positive = self.predictor.call_one(
-                result.finding, result.probability, calibrated=False
-            )
+            positive = self.predictor.call_one(result.finding, result.probability, calibrated=False)
             call = "positive" if positive else "negative"
             overlay = render_overlay(image, result, normalization=norm, alpha=self.alpha)
             stem = f"{name}_{self.slugs[result.finding]}"
