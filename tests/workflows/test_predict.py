@@ -168,7 +168,10 @@ def test_study_ensemble_with_out_of_fold_threshold(
     base = yaml.safe_load((root / "configs" / "quickstart.yaml").read_text())
     base["trainer"].update(max_epochs=1, enable_progress_bar=False, enable_model_summary=False)
     base["model"].update(backbone="test_efficientnet", pretrained=False)
-    base["data"].update(manifest=str(tiny_dataset), image_size=48, batch_size=8, num_workers=0)
+    base["data"].update(
+        manifest=str(tiny_dataset), image_size=48, batch_size=8, num_workers=0,
+        cache_dtype="uint16", fit_mode="crop",
+    )  # fmt: skip
     config.write_text(yaml.safe_dump(base))
     study = tmp_path / "study"
     assert main(["cv", "--config", str(config), "--folds", "2", "--out", str(study)]) == 0
@@ -180,3 +183,14 @@ def test_study_ensemble_with_out_of_fold_threshold(
     assert table["threshold_source"].iloc[0].startswith("study out-of-fold")
     record = json.loads((out / "run.json").read_text())
     assert len(record["model"]["checkpoints"]) == 2
+
+    # cv's held-out predictions are the Predictor's: same files, same numbers (uint16, crop)
+    done = json.loads((study / "fold_0" / "DONE").read_text())
+    fold = Predictor.from_checkpoint(study / "fold_0" / done["best_checkpoint"])
+    assert (fold.cache_dtype, fold.fit_mode) == ("uint16", "crop")
+    held = pd.read_csv(study / "fold_0" / "predictions.csv")
+    again = predict(held["path"].tolist(), tmp_path / "again", checkpoints=[fold.members[0].path])
+    label = fold.labels[0]
+    np.testing.assert_allclose(
+        again.predictions.table[f"prob_{label}"], held[f"prob_{label}"], atol=1e-5
+    )
