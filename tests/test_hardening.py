@@ -495,3 +495,203 @@ def test_cv_stopped_by_sigterm_exits_143_writes_no_done_and_resumes(
     assert resumed.returncode == 0, err[-3000:]
     assert "resuming from last.ckpt" in out
     assert (study / "fold_0" / "DONE").exists() and (study / "fold_1" / "DONE").exists()
+
+
+# ------------------------------------------------------------ 6. the demo keeps nothing
+
+
+def _upload_only(url: str, name: str, data: bytes) -> None:
+    """POST a file to Gradio's upload route and never run an event with it."""
+    import httpx
+
+    response = httpx.post(f"{url.rstrip('/')}/gradio_api/upload", files={"files": (name, data)})
+    response.raise_for_status()
+
+
+def test_an_upload_never_analysed_is_deleted_after_its_ttl(tmp_path: Path) -> None:
+    import time
+
+    from medft.demo import DemoSettings, start_demo
+
+    settings = DemoSettings(port=0, quickstart_dir=tmp_path / "none", upload_ttl_s=2.0)
+    with start_demo(settings) as running:
+        uploads = running.workdir / "gradio"
+        _upload_only(running.url, "patient.dcm", b"DICM" * 100)
+        stored = [p for p in uploads.rglob("patient.dcm")]
+        assert stored, "the upload route did not store the file"
+        deadline = time.monotonic() + 20
+        while any(p.exists() for p in stored) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(p.exists() for p in stored)
+
+
+def test_sweep_uploads_spares_fresh_uploads_and_the_demos_own_renderings(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from medft.demo.uploads import sweep_uploads
+
+    old = time.time() - 600
+    stale = tmp_path / "a1b2" / "scan.dcm"
+    fresh = tmp_path / "c3d4" / "scan.dcm"
+    view = tmp_path / "views" / "x.png"
+    csv = tmp_path / "downloads" / "k" / "predictions.csv"
+    for path in (stale, fresh, view, csv):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x")
+    for path in (stale, view, csv):
+        os.utime(path, (old, old))
+    assert sweep_uploads(tmp_path, 120.0) == 1
+    assert not stale.exists() and not stale.parent.exists()
+    assert fresh.exists() and view.exists() and csv.exists()
+
+
+def test_start_up_sweeps_folders_of_killed_demos(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from medft.demo.uploads import OWNER_FILE, sweep_stale_workdirs
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed = tmp_path / "medft-demo-killed"
+    running = tmp_path / "medft-demo-running"
+    legacy_fresh = tmp_path / "medft-demo-fresh"
+    other = tmp_path / "not-medft"
+    for folder in (killed, running, legacy_fresh, other):
+        (folder / "gradio" / "h").mkdir(parents=True)
+        (folder / "gradio" / "h" / "scan.dcm").write_bytes(b"patient pixels")
+    (killed / OWNER_FILE).write_text(str(dead.pid))
+    (running / OWNER_FILE).write_text(str(os.getpid()))
+    assert sweep_stale_workdirs(tmp_path) == 1
+    assert not killed.exists()
+    assert running.exists() and legacy_fresh.exists() and other.exists()
+
+
+def _header_only_dicom(rows: int, columns: int) -> bytes:
+    """A DICOM whose header claims rows x columns (a tiny RLE-like payload; never decoded)."""
+    import io
+
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = rows, columns
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 12, 11
+    ds.PixelRepresentation = 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = b"\0\0" * 16
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_request_budget_counts_decoded_pixels_from_headers_and_total_bytes(
+    tmp_path: Path,
+) -> None:
+    from medft.demo.settings import DEFAULT_MAX_PIXELS
+    from medft.demo.uploads import RequestBudget, header_pixels
+    from medft.errors import DicomReadError
+
+    big = _header_only_dicom(7000, 7000)
+    assert len(big) < 2000 and header_pixels(big) == 49_000_000
+    assert header_pixels(_header_only_dicom(5000, 5000)) <= DEFAULT_MAX_PIXELS
+    budget = RequestBudget(max_bytes=10_000, max_pixels=50_000_000)
+    budget.charge(_header_only_dicom(5000, 5000))
+    budget.charge(_header_only_dicom(4000, 5000))
+    with pytest.raises(DicomReadError, match="per request"):
+        budget.charge(_header_only_dicom(3000, 3000))
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"{i}.dcm")
+        files[-1].write_bytes(b"x" * 4000)
+    with pytest.raises(DicomReadError, match=r"total 0\.0 MB, over the limit"):
+        budget.check_sizes(files)
+
+
+def test_a_7000_square_dicom_is_refused_from_its_header_by_the_demo(tmp_path: Path) -> None:
+    from medft.data.dicom import load_image
+    from medft.demo.settings import DEFAULT_MAX_PIXELS
+    from medft.errors import DicomReadError
+
+    with pytest.raises(DicomReadError):
+        load_image(_header_only_dicom(7000, 7000), max_pixels=DEFAULT_MAX_PIXELS)
+
+
+def test_failed_logins_are_rate_limited_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from medft.demo.server import LOGIN_ATTEMPTS, LOGIN_WINDOW_S, LoginGuard
+
+    now = [1000.0]
+    guard = LoginGuard("doctor", "s3cret-pass", clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="medft.demo"):
+        results = [guard("doctor", f"guess{i}") for i in range(200)]
+    assert not any(results)
+    assert guard.refused == 200 - LOGIN_ATTEMPTS  # only 5 guesses were even compared
+    failures = [r for r in caplog.records if "failed login for" in r.getMessage()]
+    assert len(failures) == LOGIN_ATTEMPTS and "guess" not in caplog.text
+    assert any("refusing every login" in r.getMessage() for r in caplog.records)
+    assert guard("doctor", "s3cret-pass") is False  # locked out, even with the password
+    now[0] += LOGIN_WINDOW_S + 1
+    assert guard("doctor", "s3cret-pass") is True
+
+
+def test_non_local_bind_without_login_is_refused_unless_accepted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from medft.demo import DemoSettings
+    from medft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="without a login"):
+        DemoSettings(host="0.0.0.0")
+    DemoSettings(host="0.0.0.0", auth=("u", "p"))
+    DemoSettings(host="0.0.0.0", allow_unauthenticated=True)
+    DemoSettings(host="127.0.0.2")
+    assert main(["demo", "--host", "0.0.0.0", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--allow-unauthenticated" in err[0]
+
+
+def test_the_review_page_applies_the_request_limits_and_deletes_refused_uploads(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    from medft.demo.service import InferenceService
+    from medft.demo.ui import ReviewPage
+
+    uploads = tmp_path / "gradio"
+    page = ReviewPage(
+        InferenceService.from_checkpoint(tiny_checkpoint, max_pixels=25_000_000),
+        examples=[],
+        card="",
+        upload_dir=uploads,
+        downloads_dir=uploads / "downloads",
+        title="t",
+        max_request_bytes=4000,
+        max_request_pixels=30_000_000,
+    )
+    paths = []
+    for i, side in enumerate((5000, 4000)):
+        paths.append(uploads / f"h{i}" / "scan.dcm")
+        paths[-1].parent.mkdir(parents=True)
+        paths[-1].write_bytes(_header_only_dicom(side, side))
+    entries = []
+    page._show_entries = lambda session, found, *args: entries.extend(found) or {}
+    page.on_upload([str(p) for p in paths], {}, "abnormal", "gradcam", 0.4)
+    assert "30 million per request" in entries[1].error  # refused from its header
+    assert not any(p.exists() for p in paths)
+    big = uploads / "h9" / "big.dcm"
+    big.parent.mkdir()
+    big.write_bytes(b"\0" * 5000)
+    with pytest.raises(Exception, match="per request"):
+        page.on_upload([str(big)], {}, "abnormal", "gradcam", 0.4)
+    assert not big.exists()

@@ -7,16 +7,24 @@ Safety settings applied on every start, whatever the caller passes:
   no server-side rendering (nothing needs Node or the network to render);
 - a private temporary folder (``mkdtemp``, mode 0700) holds Gradio's uploads and cache,
   the example cases and the predictions.csv downloads; uploads are deleted as soon as
-  they are read, rendered images leave Gradio's cache after 30 minutes, and the folder is
-  removed on close;
-- uploads are limited by Gradio (``max_file_size``) and again when read, and decoded
-  frames by ``max_pixels`` before any pixel is allocated;
-- optional login (``auth``); fonts are the system's own (no web fonts are fetched).
+  they are read, uploads no request reads after ``upload_ttl_s`` (a janitor thread),
+  rendered images leave Gradio's cache after 30 minutes, and the folder is removed on
+  close; folders of demos that were killed are removed at the next start;
+- uploads are limited by Gradio (``max_file_size``) and again when read, each request's
+  files together by ``max_request_mb``, decoded frames by ``max_pixels`` and a request's
+  frames together by ``max_request_pixels``, all from the headers before any pixel is
+  allocated;
+- optional login (``auth``) through :class:`LoginGuard`: constant-time comparison, at most
+  :data:`LOGIN_ATTEMPTS` failed attempts per minute, each failure logged; a non-local
+  ``host`` without a login is refused unless ``allow_unauthenticated``;
+- fonts are the system's own (no web fonts are fetched).
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
+import hmac
 import logging
 import os
 import shutil
@@ -25,13 +33,15 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medft.errors import ConfigError
 
-from .settings import DemoSettings
+from .settings import DemoSettings, is_local
+from .uploads import WORKDIR_PREFIX, claim_workdir, sweep_stale_workdirs, sweep_uploads
 
 log = logging.getLogger("medft.demo")
 
@@ -55,6 +65,88 @@ def find_quickstart_checkpoint(quickstart_dir: str | Path) -> Path | None:
     return last if last.is_file() else None
 
 
+LOGIN_ATTEMPTS = 5
+"""Failed logins allowed per :data:`LOGIN_WINDOW_S`; past that every attempt is refused."""
+LOGIN_WINDOW_S = 60.0
+
+
+class LoginGuard:
+    """Gradio's ``auth`` callable: one account, rate-limited, failures logged.
+
+    Passwords are compared in constant time. After :data:`LOGIN_ATTEMPTS` failures within
+    :data:`LOGIN_WINDOW_S` seconds every attempt (even a correct one) is refused until the
+    oldest failure leaves the window, so guessing runs at a few passwords a minute instead
+    of about 80 a second. Each failure is logged with the user name tried (never the
+    password); the lockout is logged once when it starts.
+
+    Args:
+        user: the account name.
+        password: its password.
+        clock: seconds, monotonic (tests pass a fake one).
+    """
+
+    def __init__(
+        self, user: str, password: str, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._user = user.encode()
+        self._password = password.encode()
+        self._clock = clock
+        self._failures: collections.deque[float] = collections.deque()
+        self._lock = threading.Lock()
+        self.refused = 0
+
+    def __call__(self, user: str, password: str) -> bool:
+        """Whether this login is accepted (Gradio calls it for every attempt)."""
+        with self._lock:
+            now = self._clock()
+            while self._failures and now - self._failures[0] > LOGIN_WINDOW_S:
+                self._failures.popleft()
+            if len(self._failures) >= LOGIN_ATTEMPTS:
+                self.refused += 1
+                return False
+            ok_user = hmac.compare_digest(str(user).encode(), self._user)
+            ok_password = hmac.compare_digest(str(password).encode(), self._password)
+            if ok_user and ok_password:
+                return True
+            self._failures.append(now)
+            log.warning(
+                "failed login for user %r (%d in the last %.0f s)",
+                str(user)[:64],
+                len(self._failures),
+                LOGIN_WINDOW_S,
+            )
+            if len(self._failures) == LOGIN_ATTEMPTS:
+                log.warning(
+                    "%d failed logins within %.0f s: refusing every login for up to %.0f s",
+                    LOGIN_ATTEMPTS,
+                    LOGIN_WINDOW_S,
+                    LOGIN_WINDOW_S,
+                )
+            return False
+
+
+class _UploadJanitor:
+    """Delete uploads no request reads within ``ttl_s`` (checked every ``ttl_s / 4``)."""
+
+    def __init__(self, folder: Path, ttl_s: float) -> None:
+        self.folder = folder
+        self.ttl_s = ttl_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="medft-upload-janitor", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(max(1.0, min(30.0, self.ttl_s / 4))):
+            try:
+                sweep_uploads(self.folder, self.ttl_s)
+            except Exception as exc:  # never let the janitor die silently
+                log.error("upload sweep failed: %s", type(exc).__name__)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 @dataclass
 class DemoServer:
     """A running demo: its URL, its service (``None`` on the no-model page), and cleanup."""
@@ -65,6 +157,7 @@ class DemoServer:
     service: Any = field(default=None, repr=False)
     _saved_env: dict[str, str | None] = field(default_factory=dict, repr=False)
     _closed: bool = field(default=False, repr=False)
+    _janitor: Any = field(default=None, repr=False)
 
     def close(self) -> None:
         """Stop the server, delete every temporary file, restore the environment."""
@@ -72,6 +165,8 @@ class DemoServer:
             return
         self._closed = True
         atexit.unregister(self.close)
+        if self._janitor is not None:
+            self._janitor.stop()
         try:
             self.blocks.close()
         finally:
@@ -99,7 +194,9 @@ def start_demo(settings: DemoSettings, *, quiet: bool = True) -> DemoServer:
     checkpoint = settings.checkpoint or find_quickstart_checkpoint(settings.quickstart_dir)
     if settings.checkpoint is not None and not Path(settings.checkpoint).is_file():
         raise ConfigError(f"{settings.checkpoint}: no such checkpoint file; pass --checkpoint PATH")
-    workdir = Path(tempfile.mkdtemp(prefix="medft-demo-"))
+    sweep_stale_workdirs()  # what a demo killed with kill -9 left behind
+    workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+    claim_workdir(workdir)
     saved = _private_environment(workdir)
     try:
         if checkpoint is None:
@@ -113,7 +210,11 @@ def start_demo(settings: DemoSettings, *, quiet: bool = True) -> DemoServer:
         shutil.rmtree(workdir, ignore_errors=True)
         _restore_env(saved)
         raise
-    server = DemoServer(url=url, workdir=workdir, blocks=blocks, service=service, _saved_env=saved)
+    janitor = _UploadJanitor(workdir / "gradio", settings.upload_ttl_s)
+    server = DemoServer(
+        url=url, workdir=workdir, blocks=blocks, service=service, _saved_env=saved,
+        _janitor=janitor,
+    )  # fmt: skip
     atexit.register(server.close)  # temporary files go even if the caller forgets to close
     return server
 
@@ -135,10 +236,10 @@ def run_demo(settings: DemoSettings) -> int:
         _say(NO_MODEL_MESSAGE.format(where=settings.quickstart_dir))
     elif settings.checkpoint is None:
         _say(f"Using the quickstart model: {checkpoint}")
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.auth is None:
+    if not is_local(settings.host) and settings.auth is None:  # --allow-unauthenticated
         _say(
-            f"warning: serving on {settings.host} without a login; anyone who can reach this "
-            "machine can open the page. Use --auth USER:PASS (or MEDFT_DEMO_AUTH)."
+            f"warning: serving on {settings.host} without a login (--allow-unauthenticated); "
+            "anyone who can reach this machine can open the page."
         )
     if checkpoint is not None:
         _say(f"loading {Path(checkpoint).name} and building the page (up to a minute) ...")
@@ -233,7 +334,10 @@ def _review_page(settings: DemoSettings, checkpoint: Path, workdir: Path) -> tup
         examples=examples,
         card=model_card(classifier, metrics),
         upload_dir=Path(os.environ["GRADIO_TEMP_DIR"]),
-        downloads_dir=workdir / "downloads",
+        # Inside Gradio's folder, so it serves the CSV as it is (no copy for the sweep to take).
+        downloads_dir=Path(os.environ["GRADIO_TEMP_DIR"]) / "downloads",
+        max_request_bytes=settings.max_request_bytes,
+        max_request_pixels=settings.max_request_pixels,
         title=f"Model: `{backbone}` ({checkpoint.name}) · findings: {', '.join(service.labels)}",
     )
     return page.build(), service
@@ -260,7 +364,7 @@ def _launch_options(settings: DemoSettings, port: int, quiet: bool) -> dict[str,
     return {
         "server_name": settings.host,
         "server_port": port,
-        "auth": settings.auth,
+        "auth": None if settings.auth is None else LoginGuard(*settings.auth),
         "share": False,
         "max_file_size": settings.max_file_bytes,
         "prevent_thread_lock": True,

@@ -16,7 +16,11 @@ from medft.errors import ConfigError
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_MAX_FILE_MB = 64.0
-DEFAULT_MAX_PIXELS = 50_000_000  # the reader's default: about 7000 x 7000 samples
+DEFAULT_MAX_PIXELS = 25_000_000  # 5000 x 5000 samples: above any radiograph or mammogram
+DEFAULT_MAX_REQUEST_MB = 256.0
+DEFAULT_MAX_REQUEST_PIXELS = 50_000_000  # decoded samples of one request, from the headers
+DEFAULT_UPLOAD_TTL_S = 120.0
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_VIEW_SIZE = 1024
 AUTH_ENV = "MEDFT_DEMO_AUTH"
 QUICKSTART_DIR = Path("medft-quickstart")
@@ -32,7 +36,14 @@ class DemoSettings:
         port: TCP port; 0 picks a free one.
         auth: ``(user, password)`` required to open the page, or ``None``.
         max_file_mb: largest upload accepted, in MB (enforced by Gradio and again on read).
-        max_pixels: largest decoded frame, in samples (refused before decoding).
+        max_pixels: largest decoded frame, in samples (refused from the header, before
+            decoding; a 7000² frame costs about 300 MB while it is analysed).
+        max_request_mb: total upload size of one request (several files), in MB.
+        max_request_pixels: decoded samples of one request, summed from the files' headers
+            before any is decoded (files past the budget are refused).
+        upload_ttl_s: an upload no request has read is deleted after this many seconds.
+        allow_unauthenticated: serve on a non-local address without a login (refused
+            unless this is set: the page shows patient images).
         view_size: longest side of the images sent to the browser, in pixels.
         metrics: a ``metrics.json`` written by ``medft evaluate``, shown on the model card.
         examples: folder with ``labels.csv`` and DICOMs for the example cases; ``None``
@@ -57,6 +68,10 @@ class DemoSettings:
     cache_mb: int = 512
     concurrency: int = 2
     threads: int | None = None
+    max_request_mb: float = DEFAULT_MAX_REQUEST_MB
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
+    upload_ttl_s: float = DEFAULT_UPLOAD_TTL_S
+    allow_unauthenticated: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.max_file_mb <= 4096:
@@ -69,11 +84,34 @@ class DemoSettings:
             )
         if self.concurrency < 1 or (self.threads is not None and self.threads < 1):
             raise ConfigError("concurrency and threads must be positive integers")
+        if self.max_request_mb < self.max_file_mb or self.max_request_pixels < self.max_pixels:
+            raise ConfigError(
+                "max_request_mb and max_request_pixels must be at least the per-file limits "
+                "(max_file_mb, max_pixels)"
+            )
+        if self.upload_ttl_s <= 0:
+            raise ConfigError(f"upload_ttl_s={self.upload_ttl_s} must be positive")
+        if not is_local(self.host) and self.auth is None and not self.allow_unauthenticated:
+            raise ConfigError(
+                f"refusing to serve on {self.host} without a login: anyone who can reach this "
+                f"machine could open the page and its patient images. Use --auth USER:PASS (or "
+                f"{AUTH_ENV}=USER:PASS), or pass --allow-unauthenticated to accept that"
+            )
 
     @property
     def max_file_bytes(self) -> int:
         """The upload limit in bytes."""
         return int(self.max_file_mb * 1024 * 1024)
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The per-request upload quota in bytes."""
+        return int(self.max_request_mb * 1024 * 1024)
+
+
+def is_local(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (loopback)."""
+    return host in LOCAL_HOSTS or host.startswith("127.")
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:
@@ -137,6 +175,31 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=None, help="torch CPU threads (default: half the cores)"
     )
     parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="largest image accepted, in decoded samples, checked from the header before "
+        f"decoding (default {DEFAULT_MAX_PIXELS:,})",
+    )
+    parser.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=DEFAULT_MAX_REQUEST_MB,
+        help=f"total MB of the files of one request (default {DEFAULT_MAX_REQUEST_MB:.0f})",
+    )
+    parser.add_argument(
+        "--max-request-pixels",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_PIXELS,
+        help="decoded samples of one request, summed from the headers before decoding "
+        f"(default {DEFAULT_MAX_REQUEST_PIXELS:,})",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve on a non-local --host without --auth (refused otherwise)",
+    )
+    parser.add_argument(
         "--cache-mb",
         type=int,
         default=DemoSettings.cache_mb,
@@ -163,4 +226,8 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         quickstart_dir=args.quickstart_dir,
         threads=args.threads,
         cache_mb=args.cache_mb,
+        max_pixels=args.max_pixels,
+        max_request_mb=args.max_request_mb,
+        max_request_pixels=args.max_request_pixels,
+        allow_unauthenticated=args.allow_unauthenticated,
     )

@@ -32,7 +32,7 @@ from medft.explain import METHOD_UNITS
 from .examples import ExampleCase
 from .modelcard import NOTICE
 from .service import DEFAULT_METHOD, Case, InferenceService, Window
-from .uploads import UploadInbox, display_name, is_inside, user_message
+from .uploads import RequestBudget, UploadInbox, display_name, is_inside, user_message
 from .views import (
     AUTO,
     CUSTOM,
@@ -82,6 +82,8 @@ class ReviewPage:
         upload_dir: Gradio's upload folder (uploads outside it are refused).
         downloads_dir: where predictions.csv files are written.
         title: the line under the page's heading (which model is served).
+        max_request_bytes: total upload bytes of one request (:class:`RequestBudget`).
+        max_request_pixels: decoded samples of one request, from the headers.
     """
 
     def __init__(
@@ -93,8 +95,12 @@ class ReviewPage:
         upload_dir: Path,
         downloads_dir: Path,
         title: str,
+        max_request_bytes: int = 256 * 2**20,
+        max_request_pixels: int = 50_000_000,
     ) -> None:
         self.service = service
+        self.max_request_bytes = int(max_request_bytes)
+        self.max_request_pixels = int(max_request_pixels)
         self.examples = list(examples)
         self.card = card
         self.inbox = UploadInbox(upload_dir, service.max_bytes, budget_bytes=inbox_budget(service))
@@ -301,15 +307,24 @@ class ReviewPage:
         started = time.perf_counter()
         paths = [paths] if isinstance(paths, str) else list(paths or [])
         session = dict(session or _new_session())
+        budget = RequestBudget(self.max_request_bytes, self.max_request_pixels)
+        try:
+            budget.check_sizes([str(p) for p in paths])
+        except MedftError:
+            for path in paths:  # refused as a whole: nothing of it stays on disk
+                self.inbox.discard(str(path))
+            raise
         entries: list[BatchEntry] = []
         for number, path in enumerate(paths, start=1):
             name = display_name(Path(str(path)).name, f"file {number}")
-            entries.append(self._analyse_upload(str(path), name))
+            entries.append(self._analyse_upload(str(path), name, budget))
         return self._show_entries(session, entries, method, alpha, time.perf_counter() - started)
 
-    def _analyse_upload(self, path: str, name: str) -> BatchEntry:
+    def _analyse_upload(self, path: str, name: str, budget: RequestBudget) -> BatchEntry:
         try:
-            return BatchEntry(name, self.service.analyse_bytes(self.inbox.take(path)))
+            data = self.inbox.take(path)
+            budget.charge(data)  # from the header, before anything is decoded
+            return BatchEntry(name, self.service.analyse_bytes(data))
         except MedftError as exc:
             log.info("upload refused: %s", type(exc).__name__)
             return BatchEntry(name, None, user_message(exc))
