@@ -82,9 +82,11 @@ def checked_ckpt_path(ckpt_path: str | None) -> str | None:
 
 
 def trainer_defaults() -> dict[str, Any]:
-    """Trainer settings every medft run starts from (callbacks here are always present)."""
-    from lightning.pytorch.callbacks import LearningRateMonitor
+    """Trainer settings every medft run starts from (callbacks here are always present).
 
+    No ``LearningRateMonitor``: the model logs ``lr/<group>`` itself every epoch, and
+    every callback costs Lightning's dispatch on each of a step's hooks.
+    """
     from medft.eval.callbacks import OperatingPointCallback
 
     return {
@@ -94,7 +96,6 @@ def trainer_defaults() -> dict[str, Any]:
         "gradient_clip_val": 1.0,
         "num_sanity_val_steps": 0,
         "callbacks": [
-            LearningRateMonitor(logging_interval="epoch"),
             OperatingPointCallback(),
             StopOnSignal(),
         ],

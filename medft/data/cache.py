@@ -378,7 +378,8 @@ def _run_parallel(
 class XrayDataset(Dataset):
     """Rows of a manifest as training samples: cached compact image + random part.
 
-    Items are dicts ``image`` (float32 ``(1, S, S)`` in [0, 1]), ``label`` (float32
+    Items are dicts ``image`` (``(1, S, S)``: float32 in [0, 1], or the compact
+    uint8/uint16 form when the random part returns it), ``label`` (float32
     ``(L,)``, NaN = unknown), ``index`` (the row's position in the manifest) and
     ``path``. An index may be a plain position or ``(position, seed)``: the seed
     (from :class:`~medft.data.datamodule.EpochSampler`) reseeds the random part, so a
@@ -422,31 +423,42 @@ class XrayDataset(Dataset):
             if not self.skip_bad:
                 raise
             return {"skipped": BadFile(row, path, bad_file_reason(path, exc))}
-        if seed is not None:
-            self._state.seed(int(seed))
-        with metadata_off():
-            image = self.random_part({"image": compact})["image"]
+        if self.random_part.transforms:
+            if seed is not None:
+                self._state.seed(int(seed))
+            with metadata_off():
+                image = self.random_part({"image": compact})["image"]
+        else:  # compact output, nothing random: the cached array as it is (copied at collation)
+            image = compact
+        image = torch.as_tensor(image)
         return {
-            "image": torch.as_tensor(image, dtype=torch.float32),
+            "image": image if image.dtype in _COMPACT_TORCH else image.float(),
             "label": torch.from_numpy(self.labels[position].copy()),
             "index": row,
             "path": path,
         }
 
 
+_COMPACT_TORCH = (torch.uint8, torch.uint16)
+
+
 class XrayCollate:
     """Stack samples into a batch, dropping skip markers of unreadable files.
 
-    The batch is ``image`` float32 ``(B, 1, S, S)``, ``label`` float32 ``(B, L)`` (NaN
+    The batch is ``image`` ``(B, 1, S, S)`` (float32, or the items' compact
+    uint8/uint16; ``dtype`` is the type of an empty batch), ``label`` float32 ``(B, L)`` (NaN
     kept), ``index`` int64 ``(B,)`` and ``path`` (list of B str). Dropped files are
     listed under ``skipped`` as :class:`BadFile` records, only when there are any;
     :class:`~medft.data.datamodule.XrayDataModule` records and removes that key before
     the batch reaches the model. If every file of a batch was dropped, ``B`` is 0.
     """
 
-    def __init__(self, image_size: int, num_labels: int) -> None:
+    def __init__(
+        self, image_size: int, num_labels: int, dtype: torch.dtype = torch.float32
+    ) -> None:
         self.image_size = int(image_size)
         self.num_labels = int(num_labels)
+        self.dtype = dtype
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         kept = [item for item in items if "skipped" not in item]
@@ -455,7 +467,7 @@ class XrayCollate:
             image = torch.stack([item["image"] for item in kept])
             label = torch.stack([item["label"] for item in kept])
         else:
-            image = torch.empty((0, 1, self.image_size, self.image_size))
+            image = torch.empty((0, 1, self.image_size, self.image_size), dtype=self.dtype)
             label = torch.empty((0, self.num_labels))
         batch: dict[str, Any] = {
             "image": image,

@@ -12,7 +12,11 @@ decode the needed parts once into the cache, dropping files that cannot be read
 (``on_bad_file="skip"``, listed in ``<run_dir>/skipped_files.csv``) or stopping at
 the first (``"fail"``).
 
-Batches are dicts: ``image`` float32 ``(B, 1, S, S)`` in display space [0, 1],
+Batches are dicts: ``image`` ``(B, 1, S, S)`` in display space, float32 in [0, 1], or,
+for a model that accepts them (``XrayClassifier``; see ``compact_batches``), in the compact
+form of the cache (``cache_dtype`` uint8 0..255 or uint16 0..65535 for [0, 1]; the model
+converts and normalises it on its device, so a batch crosses processes and the bus at a
+quarter of float32's bytes),
 ``label`` float32 ``(B, L)`` with NaN for unknown, ``index`` int64 (row position in
 the manifest) and ``path`` (list of str).
 """
@@ -86,26 +90,30 @@ SKIPPED_FILES_CSV = "skipped_files.csv"
 CACHE_DIR_ENV = "MEDFT_CACHE_DIR"
 _PARTS = ("train", "val", "test")
 _STAGE_PARTS = {
+_TORCH_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16}
     "fit": ("train", "val"),
     "validate": ("val",),
     "test": ("test",),
 }
 
 
-def default_num_workers(cuda: bool | None = None) -> int:
+def default_num_workers(cuda: bool | None = None, *, copy_only: bool = False) -> int:
     """DataLoader worker processes that keep the model fed on this machine.
 
     On CPU the model already uses every core for its own arithmetic and the cached
     loader needs only a few ms per image, so one worker (overlapping augmentation
-    with the step) is enough, and none on a single core. A GPU consumes images much
-    faster: use most cores, leaving one for the training process.
+    with the step) is enough, and none on a single core. When the loader's work per
+    image is only a copy out of the memory cache (``copy_only``: no augmentation),
+    none: handing a batch over from a worker process (a shared-memory handshake per
+    tensor) costs more than the copy. A GPU consumes images much faster: use most
+    cores, leaving one for the training process.
     """
     cores = _usable_cores()
     if cuda is None:
         cuda = torch.cuda.is_available()
     if cuda:
         return max(1, min(8, cores - 1))
-    return 1 if cores > 1 else 0
+    return 1 if cores > 1 and not copy_only else 0
 
 
 def default_cache_dir() -> Path:
@@ -324,6 +332,10 @@ class XrayDataModule(L.LightningDataModule):
         audit: Run a quick shortcut audit (headers only, seconds) before fitting and
             write it to ``<run_dir>/audit``; its warning travels into the checkpoint.
     """
+        compact_batches: Ship images in the cache's compact form (``cache_dtype``) instead
+            of float32 [0, 1]; the model must convert them. ``None`` (default): when the
+            model being trained says it accepts them (``accepts_compact_batches``, as
+            ``XrayClassifier`` does); float32 for any other consumer.
 
     def __init__(
         self,
@@ -359,6 +371,7 @@ class XrayDataModule(L.LightningDataModule):
         allow_patient_overlap: bool = False,
         audit: bool = True,
     ) -> None:
+        compact_batches: bool | None = None,
         super().__init__()
         _choice("uncertain", uncertain, UNCERTAIN_POLICIES)
         _choice("fit_mode", fit_mode, FIT_MODES)
@@ -397,7 +410,11 @@ class XrayDataModule(L.LightningDataModule):
         self.image_size = int(image_size)
         self.fit_mode = fit_mode
         self.batch_size = int(batch_size)
-        self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
+        self.num_workers = (
+            default_num_workers(copy_only=cache == "memory" and not augment)
+            if num_workers is None
+            else int(num_workers)
+        )
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.cache_mode = cache
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -422,6 +439,7 @@ class XrayDataModule(L.LightningDataModule):
         self.allow_patient_overlap = allow_patient_overlap
         self.audit = audit
         self.audit_warning: str | None = None
+        self.compact_batches = compact_batches
         self._audited = False
 
         self.skipped: list[BadFile] = []
@@ -746,6 +764,7 @@ class XrayDataModule(L.LightningDataModule):
         *,
         sampler: Sampler | None = None,
         drop_last: bool = False,
+            compact_output=self._compact(),
         loader_class: type[DataLoader] = DataLoader,
     ) -> DataLoader:
         """A loader with its own generator: starting a pass draws a base seed for the
@@ -765,7 +784,11 @@ class XrayDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=workers > 0,
             drop_last=drop_last,
-            collate_fn=XrayCollate(self.image_size, self.num_labels),
+            collate_fn=XrayCollate(
+                self.image_size,
+                self.num_labels,
+                _TORCH_DTYPES[self.cache_dtype] if self._compact() else torch.float32,
+            ),
             generator=generator,
         )
 
@@ -784,6 +807,14 @@ class XrayDataModule(L.LightningDataModule):
         """Lightning's global seed when ``seed_everything`` ran, else ``split_seed``."""
         seed = os.environ.get("PL_GLOBAL_SEED")
         return int(seed) if seed not in (None, "") else self.split_seed
+    def _compact(self) -> bool:
+        """Whether batches carry the compact cached form (see ``compact_batches``)."""
+        if self.compact_batches is not None:
+            return bool(self.compact_batches)
+        trainer = self.trainer
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        return bool(getattr(module, "accepts_compact_batches", False))
+
 
 
 def _skipped_csv(items: Sequence[BadFile]) -> str:

@@ -344,6 +344,7 @@ def build_transforms(
     augment: AugmentConfig | None = None,
     compact_dtype: str = "uint8",
     reader: Reader | None = None,
+    compact_output: bool = False,
 ) -> tuple[Compose, Compose]:
     """Build the cacheable prefix and the per-access random part for key ``"image"``.
 
@@ -354,6 +355,11 @@ def build_transforms(
         augment: Augmentation settings; ``None`` means none even when training.
         compact_dtype: ``"uint8"`` or ``"uint16"`` for the cached form.
         reader: Override :func:`medft.data.dicom.load_image` (tests, other formats).
+        compact_output: Make the random part return the compact form too (what the
+            training loaders ship: a quarter of float32's bytes, converted and normalised
+            on the model's device). Without augmentation the random part is then empty
+            (the cached array passes through untouched); with it, the augmented float
+            image is quantised back to ``compact_dtype`` at the end.
 
     Returns:
         ``(prefix, random_part)``, both :class:`MedftCompose`. ``prefix`` maps
@@ -361,7 +367,8 @@ def build_transforms(
         transform; an unreadable file raises the reader's
         :class:`~medft.errors.DicomReadError` (naming the file), not MONAI's
         ``RuntimeError``. ``random_part`` maps the compact image to a float32
-        ``(1, S, S)`` tensor in [0, 1].
+        ``(1, S, S)`` tensor in [0, 1] (``compact_output``: to a compact ``(1, S, S)``
+        array or tensor of ``compact_dtype``).
     """
     if int(image_size) < 8:
         raise ConfigError(f"data.image_size={image_size} must be at least 8 pixels")
@@ -374,10 +381,16 @@ def build_transforms(
             ToCompactd("image", compact_dtype),
         ]
     )
-    steps: list[Transform] = [FromCompactd("image")]
-    if train and augment is not None:
+    augmenting = train and augment is not None
+    steps: list[Transform] = []
+    if augmenting or not compact_output:
+        steps.append(FromCompactd("image"))
+    if augmenting:
+        assert augment is not None
         steps += _augmentations(int(image_size), augment)
         steps.append(ClampIntensityd("image"))
+        if compact_output:
+            steps.append(ToCompactd("image", compact_dtype))
     return prefix, MedftCompose(steps)
 
 

@@ -40,6 +40,8 @@ from medft.model.finetune import FinetuneSchedule
 
 TASKS = ("binary", "multilabel", "multiclass")
 LOSSES = ("bce", "focal", "ce")
+_COMPACT_SCALES = {torch.uint8: 255.0, torch.uint16: 65535.0}
+"""Compact pixel types of training batches and the value that means display-space 1.0."""
 FREEZE_MODES = ("full", "linear_probe", "freeze_unfreeze", "gradual")
 
 
@@ -53,6 +55,10 @@ class XrayClassifier(L.LightningModule):
     """Fine-tune a timm backbone to classify X-ray findings.
 
     Args:
+    Takes float display-space images in [0, 1] and also the compact uint8/uint16 batches
+    of :class:`~medft.data.datamodule.XrayDataModule` (``accepts_compact_batches``),
+    which it converts and normalises on its own device.
+
         backbone: any timm model name (``resnet50``, ``densenet121``, ``convnext_tiny``, …).
         labels: finding names, one output each (multiclass: one class each). Usually
             linked from the datamodule's manifest.
@@ -88,6 +94,9 @@ class XrayClassifier(L.LightningModule):
     """
 
     def __init__(
+    accepts_compact_batches = True
+    """Training/evaluation batches may hold uint8/uint16 images (see :meth:`normalize`)."""
+
         self,
         backbone: str = "tf_efficientnet_lite0",
         labels: list[str] | None = None,
@@ -148,7 +157,7 @@ class XrayClassifier(L.LightningModule):
         mean = torch.tensor(cfg["mean"], dtype=torch.float32)
         std = torch.tensor(cfg["std"], dtype=torch.float32)
         if in_chans == 1:
-            mean, std = mean.mean(keepdim=True), std.mean(keepdim=True)
+            mean, std = mean.mean(dim=0, keepdim=True), std.mean(dim=0, keepdim=True)
         self.register_buffer("input_mean", mean.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_std", std.view(1, -1, 1, 1), persistent=False)
         pw = (
@@ -167,6 +176,12 @@ class XrayClassifier(L.LightningModule):
         self.feature_cache = FrozenFeatureCache(feature_cache)
         self._cache_val = False
         # A plain list, not a submodule: the compiled wrapper shares the parameters of
+        # Training loss summed on the device (see _track_loss): [interval, epoch] sums.
+        self._loss_sums: torch.Tensor | None = None
+        self._loss_counts = [0, 0]
+        self._loss_logged = False
+        self._log_every = 0  # Lightning's log_every_n_steps, read at each epoch start
+        self._next_step = 0
         # self.model, and the state dict keeps its plain keys (no "_orig_mod.").
         self._compiled: list[Callable[[torch.Tensor], torch.Tensor]] = []
         if channels_last:
@@ -192,7 +207,16 @@ class XrayClassifier(L.LightningModule):
             self.test_ap = MultilabelAveragePrecision(num_labels=n, average=None, ignore_index=-1)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """Map display-space [0, 1] images (B, 1, H, W) to the backbone's input space."""
+        """Map display-space images (B, 1, H, W) to the backbone's input space.
+
+        ``images`` are float in [0, 1], or the compact uint8/uint16 batches the training
+        loaders ship (0..255 or 0..65535 for the same range). A compact batch is converted,
+        scaled, normalised and expanded to the stem's channels in one pass on its device,
+        straight into the model's memory format.
+        """
+        scale = _COMPACT_SCALES.get(images.dtype)
+        if scale is not None:
+            return self._normalize_compact(images, scale)
         if images.shape[1] == 1 and self.input_mean.shape[1] == 3:
             images = images.expand(-1, 3, -1, -1)
         x = (images - self.input_mean) / self.input_std
@@ -201,7 +225,20 @@ class XrayClassifier(L.LightningModule):
         return x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for display-space images (B, 1, H, W) in [0, 1]."""
+    def _normalize_compact(self, images: torch.Tensor, scale: float) -> torch.Tensor:
+        # (x / scale - mean) / std as one multiply-add: x * gain + bias.
+        gain = 1.0 / (scale * self.input_std)
+        bias = -self.input_mean / self.input_std
+        channels = max(images.shape[1], self.input_mean.shape[1])
+        shape = (images.shape[0], channels, *images.shape[2:])
+        layout = (
+            torch.channels_last if self.hparams.channels_last and len(shape) == 4
+            else torch.contiguous_format
+        )  # fmt: skip
+        out = torch.empty(shape, dtype=gain.dtype, device=images.device, memory_format=layout)
+        return torch.addcmul(bias, images, gain, out=out)
+
+        """Logits for display-space images (B, 1, H, W): float in [0, 1] or compact uint8/uint16."""
         return self.network()(self.normalize(images))
 
     def network(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -301,22 +338,63 @@ class XrayClassifier(L.LightningModule):
         """Gate the stages for this epoch and log what trains."""
         self.schedule.apply(self.current_epoch)
         info = self.schedule.describe(self.current_epoch)
-        self.log("train/trainable_params", float(info["trainable_params"]), sync_dist=False)
+        metrics = {"train/trainable_params": float(info["trainable_params"])}
         optimizer = self.optimizers()
         if not isinstance(optimizer, list):
             optimizer = [optimizer]
         for group in optimizer[0].param_groups:
-            self.log(f"lr/{group['name']}", float(group["lr"]), sync_dist=False)
+            metrics[f"lr/{group['name']}"] = float(group["lr"])
+        # Plain numbers straight to the loggers: self.log costs about a millisecond per key
+        # (one per parameter group), paid inside the epoch.
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
+        self._log_every = int(self.trainer.log_every_n_steps or 0)
+        self._next_step = int(self.trainer.global_step)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         if len(batch["image"]) == 0:  # every file of this batch was unreadable and skipped
             return None
         logits = self._forward_train(batch["image"], batch.get("index"), batch.get("path"))
         loss = self.loss_fn(logits, batch["label"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+        self._track_loss(loss, len(logits))
         return loss
 
     def on_validation_epoch_start(self) -> None:
+    def _track_loss(self, loss: torch.Tensor, n: int) -> None:
+        """Sum the loss on its device; hand it to the loggers only every ``log_every_n_steps``.
+
+        ``self.log`` costs about a millisecond of host time per call, and a progress-bar
+        value is turned into a Python number (a device sync) after every step. So the
+        per-step loss stays on the device: ``train/loss`` (logger only) is the mean over
+        the steps since the previous logged step, at Lightning's logging steps, and
+        ``train/loss_epoch`` (logger and progress bar) the epoch's mean.
+        """
+        sums = self._loss_sums
+        if sums is None or sums.device != loss.device:
+            sums = self._loss_sums = torch.zeros(2, device=loss.device)
+            self._loss_counts = [0, 0]
+        sums.add_(loss.detach().float(), alpha=n)  # [since the last logged step, this epoch]
+        self._loss_counts[0] += n
+        self._loss_counts[1] += n
+        self._next_step += 1  # the optimizer step this loss leads to (global_step + 1)
+        if self._log_every and self._next_step % self._log_every == 0:
+            self.log("train/loss", sums[0] / self._loss_counts[0], batch_size=n)
+            self._loss_logged = True
+            sums[0] = 0.0
+            self._loss_counts[0] = 0
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's mean training loss (also shown in the progress bar)."""
+        sums, count = self._loss_sums, self._loss_counts[1]
+        if sums is not None and count:
+            mean = sums[1] / count
+            self.log("train/loss_epoch", mean, prog_bar=True, on_epoch=True)
+            if not self._loss_logged:  # an epoch shorter than log_every_n_steps
+                self.log("train/loss", mean, on_epoch=True)
+            sums[1] = 0.0
+            self._loss_counts[1] = 0
+        self._loss_logged = False
+
         """Validation reuses cached features when training does and its images are fixed."""
         trainer = self.trainer
         self._cache_val = (
