@@ -89,8 +89,8 @@ SPLITS_CSV = "splits.csv"
 SKIPPED_FILES_CSV = "skipped_files.csv"
 CACHE_DIR_ENV = "MEDFT_CACHE_DIR"
 _PARTS = ("train", "val", "test")
-_STAGE_PARTS = {
 _TORCH_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16}
+_STAGE_PARTS = {
     "fit": ("train", "val"),
     "validate": ("val",),
     "test": ("test",),
@@ -331,11 +331,11 @@ class XrayDataModule(L.LightningDataModule):
             (warns instead of refusing).
         audit: Run a quick shortcut audit (headers only, seconds) before fitting and
             write it to ``<run_dir>/audit``; its warning travels into the checkpoint.
-    """
         compact_batches: Ship images in the cache's compact form (``cache_dtype``) instead
             of float32 [0, 1]; the model must convert them. ``None`` (default): when the
             model being trained says it accepts them (``accepts_compact_batches``, as
             ``XrayClassifier`` does); float32 for any other consumer.
+    """
 
     def __init__(
         self,
@@ -370,8 +370,8 @@ class XrayDataModule(L.LightningDataModule):
         run_dir: str | None = None,
         allow_patient_overlap: bool = False,
         audit: bool = True,
-    ) -> None:
         compact_batches: bool | None = None,
+    ) -> None:
         super().__init__()
         _choice("uncertain", uncertain, UNCERTAIN_POLICIES)
         _choice("fit_mode", fit_mode, FIT_MODES)
@@ -438,8 +438,8 @@ class XrayDataModule(L.LightningDataModule):
         self.run_dir = Path(run_dir) if run_dir else None
         self.allow_patient_overlap = allow_patient_overlap
         self.audit = audit
-        self.audit_warning: str | None = None
         self.compact_batches = compact_batches
+        self.audit_warning: str | None = None
         self._audited = False
 
         self.skipped: list[BadFile] = []
@@ -749,6 +749,7 @@ class XrayDataModule(L.LightningDataModule):
             train=train,
             augment=self.augment_config,
             compact_dtype=self.cache_dtype,
+            compact_output=self._compact(),
         )
         return XrayDataset(
             self._get_cache(),
@@ -764,7 +765,6 @@ class XrayDataModule(L.LightningDataModule):
         *,
         sampler: Sampler | None = None,
         drop_last: bool = False,
-            compact_output=self._compact(),
         loader_class: type[DataLoader] = DataLoader,
     ) -> DataLoader:
         """A loader with its own generator: starting a pass draws a base seed for the
@@ -792,6 +792,14 @@ class XrayDataModule(L.LightningDataModule):
             generator=generator,
         )
 
+    def _compact(self) -> bool:
+        """Whether batches carry the compact cached form (see ``compact_batches``)."""
+        if self.compact_batches is not None:
+            return bool(self.compact_batches)
+        trainer = self.trainer
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        return bool(getattr(module, "accepts_compact_batches", False))
+
     def _sample_weights(self, rows: np.ndarray) -> np.ndarray:
         """Inverse-frequency weights: rare labels (and the all-negative group) drawn as often."""
         labels = self._labels_of(rows)
@@ -807,14 +815,6 @@ class XrayDataModule(L.LightningDataModule):
         """Lightning's global seed when ``seed_everything`` ran, else ``split_seed``."""
         seed = os.environ.get("PL_GLOBAL_SEED")
         return int(seed) if seed not in (None, "") else self.split_seed
-    def _compact(self) -> bool:
-        """Whether batches carry the compact cached form (see ``compact_batches``)."""
-        if self.compact_batches is not None:
-            return bool(self.compact_batches)
-        trainer = self.trainer
-        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
-        return bool(getattr(module, "accepts_compact_batches", False))
-
 
 
 def _skipped_csv(items: Sequence[BadFile]) -> str:

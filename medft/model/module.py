@@ -39,9 +39,9 @@ from medft.model.features import (
 from medft.model.finetune import FinetuneSchedule
 
 TASKS = ("binary", "multilabel", "multiclass")
-LOSSES = ("bce", "focal", "ce")
 _COMPACT_SCALES = {torch.uint8: 255.0, torch.uint16: 65535.0}
 """Compact pixel types of training batches and the value that means display-space 1.0."""
+LOSSES = ("bce", "focal", "ce")
 FREEZE_MODES = ("full", "linear_probe", "freeze_unfreeze", "gradual")
 
 
@@ -54,11 +54,11 @@ def _choice(key: str, value: str, allowed: tuple[str, ...]) -> str:
 class XrayClassifier(L.LightningModule):
     """Fine-tune a timm backbone to classify X-ray findings.
 
-    Args:
     Takes float display-space images in [0, 1] and also the compact uint8/uint16 batches
     of :class:`~medft.data.datamodule.XrayDataModule` (``accepts_compact_batches``),
     which it converts and normalises on its own device.
 
+    Args:
         backbone: any timm model name (``resnet50``, ``densenet121``, ``convnext_tiny``, …).
         labels: finding names, one output each (multiclass: one class each). Usually
             linked from the datamodule's manifest.
@@ -93,10 +93,10 @@ class XrayClassifier(L.LightningModule):
             and models loaded for evaluation, prediction and the demo run eagerly.
     """
 
-    def __init__(
     accepts_compact_batches = True
     """Training/evaluation batches may hold uint8/uint16 images (see :meth:`normalize`)."""
 
+    def __init__(
         self,
         backbone: str = "tf_efficientnet_lite0",
         labels: list[str] | None = None,
@@ -175,13 +175,13 @@ class XrayClassifier(L.LightningModule):
         # Plain object, not a submodule: cached features never reach a checkpoint.
         self.feature_cache = FrozenFeatureCache(feature_cache)
         self._cache_val = False
-        # A plain list, not a submodule: the compiled wrapper shares the parameters of
         # Training loss summed on the device (see _track_loss): [interval, epoch] sums.
         self._loss_sums: torch.Tensor | None = None
         self._loss_counts = [0, 0]
         self._loss_logged = False
         self._log_every = 0  # Lightning's log_every_n_steps, read at each epoch start
         self._next_step = 0
+        # A plain list, not a submodule: the compiled wrapper shares the parameters of
         # self.model, and the state dict keeps its plain keys (no "_orig_mod.").
         self._compiled: list[Callable[[torch.Tensor], torch.Tensor]] = []
         if channels_last:
@@ -224,7 +224,6 @@ class XrayClassifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
     def _normalize_compact(self, images: torch.Tensor, scale: float) -> torch.Tensor:
         # (x / scale - mean) / std as one multiply-add: x * gain + bias.
         gain = 1.0 / (scale * self.input_std)
@@ -238,6 +237,7 @@ class XrayClassifier(L.LightningModule):
         out = torch.empty(shape, dtype=gain.dtype, device=images.device, memory_format=layout)
         return torch.addcmul(bias, images, gain, out=out)
 
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for display-space images (B, 1, H, W): float in [0, 1] or compact uint8/uint16."""
         return self.network()(self.normalize(images))
 
@@ -359,7 +359,6 @@ class XrayClassifier(L.LightningModule):
         self._track_loss(loss, len(logits))
         return loss
 
-    def on_validation_epoch_start(self) -> None:
     def _track_loss(self, loss: torch.Tensor, n: int) -> None:
         """Sum the loss on its device; hand it to the loggers only every ``log_every_n_steps``.
 
@@ -395,6 +394,7 @@ class XrayClassifier(L.LightningModule):
             self._loss_counts[1] = 0
         self._loss_logged = False
 
+    def on_validation_epoch_start(self) -> None:
         """Validation reuses cached features when training does and its images are fixed."""
         trainer = self.trainer
         self._cache_val = (
