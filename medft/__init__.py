@@ -10,7 +10,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from medft.errors import (
     CheckpointError,
@@ -23,7 +23,9 @@ from medft.errors import (
     WeightsError,
 )
 
-# Public name -> (module, attribute in that module); imported on first use.
+# Public name -> (module, attribute in that module); imported on first use. No
+# ``if TYPE_CHECKING:`` imports of them here: import-linter counts those, and every module
+# that reads ``medft.__version__`` would then seem to import the workflows.
 _LAZY: dict[str, tuple[str, str]] = {
     "Predictor": ("medft.inference", "Predictor"),
     "predict": ("medft.workflows.predict", "predict"),
@@ -36,18 +38,6 @@ _LAZY: dict[str, tuple[str, str]] = {
     "XrayDataModule": ("medft.data.datamodule", "XrayDataModule"),
     "XrayClassifier": ("medft.model.module", "XrayClassifier"),
 }
-
-if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
-    from medft.data.datamodule import XrayDataModule
-    from medft.data.dicom import read_xray
-    from medft.data.manifest import load_manifest
-    from medft.data.synth import synthesize
-    from medft.eval.cv import run as run_cv
-    from medft.eval.evaluate import evaluate
-    from medft.inference import Predictor
-    from medft.model.module import XrayClassifier
-    from medft.workflows.export import export
-    from medft.workflows.predict import predict
 
 
 def __getattr__(name: str) -> Any:
