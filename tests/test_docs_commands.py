@@ -139,3 +139,42 @@ def test_examples_import_no_private_module() -> None:
                 names = [a.name for a in node.names]
             private = [n for n in names if any(p.startswith("_") for p in n.split("."))]
             assert not private, f"{script.name} imports private {private}"
+
+
+# ------------------------------------------------------------------ a newcomer's install
+
+
+def _requirement_names(extras: set[str]) -> set[str]:
+    """Distributions ``pip install -e .[extras]`` installs directly (names only)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    lines = list(project["dependencies"])
+    for extra in extras:
+        lines += project["optional-dependencies"][extra]
+    return {re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower() for line in lines}
+
+
+def _installed_extras(command: str) -> set[str]:
+    """The extras of the ``pip install -e .[a,b]`` in a shell line."""
+    found = re.search(r"pip install -e \"?'?\.(?:\[([\w,]+)\])?", command)
+    assert found, f"no `pip install -e .` in {command!r}"
+    return set(filter(None, (found.group(1) or "").split(",")))
+
+
+def test_readme_first_command_reaches_the_demo() -> None:
+    """README's first block installs what `medft demo` needs, then shows `medft demo`."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    first = next(m.group(4) for m in FENCE.finditer(readme) if m.group(3) == "bash")
+    install = next(line for line in first.splitlines() if "pip install" in line)
+    wanted = _requirement_names({"demo"})
+    assert wanted <= _requirement_names(_installed_extras(install)), (
+        f"README's first command does not install the demo's {sorted(wanted)}"
+    )
+    assert any(line.strip().startswith("medft demo") for line in first.splitlines())
+
+
+def test_readme_says_how_to_serve_the_docs() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    paragraph = next(p for p in readme.split("\n\n") if "mkdocs serve" in p)
+    assert "mkdocs-material" in _requirement_names(_installed_extras(paragraph.replace("\n", " ")))

@@ -298,7 +298,8 @@ def _require_gradio() -> None:
         import gradio  # noqa: F401
     except ImportError:
         raise ConfigError(
-            "the demo needs Gradio, which is not installed: pip install 'medft[demo]'"
+            "the demo needs Gradio, which is not installed: pip install -e '.[demo]' in a "
+            "clone of medft (pip install 'medft[demo]' otherwise)"
         ) from None
 
 
