@@ -153,6 +153,27 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from medft.lr_find import PHASES, find_learning_rates, format_results
+
+    phases = PHASES if args.phase == "both" else (args.phase,)
+    overrides = list(args.overrides)
+    if overrides[:1] == ["--"]:
+        overrides = overrides[1:]
+    results = find_learning_rates(
+        args.config,
+        args.out,
+        phases=phases,
+        overrides=overrides,
+        min_lr=args.min_lr,
+        max_lr=args.max_lr,
+        steps=args.steps,
+        head_epochs=args.head_epochs,
+    )
+    print(format_results(results, args.out))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from medft.demo import run_demo, settings_from_args
 
@@ -555,6 +576,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="cache folder (default: the hub cache, HF_HUB_CACHE)")  # fmt: skip
     p.set_defaults(handler=_cmd_weights)
+
+    p = sub.add_parser(
+        "lr-find",
+        help="learning-rate range test for the head-only and the unfrozen phase",
+        description="Lightning's LR finder on a fit config: prints suggested rates and saves "
+        "plots. Example: medft lr-find --config configs/medmnist.yaml --out lr -- "
+        "--data.manifest m.csv",
+    )
+    p.add_argument("--config", required=True, help="a `medft fit` YAML config")
+    p.add_argument("--out", required=True, type=Path, help="folder for lr_find.json and plots")
+    p.add_argument("--phase", choices=("head", "unfrozen", "both"), default="both")
+    p.add_argument("--min-lr", type=float, default=1e-6)
+    p.add_argument("--max-lr", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps per sweep")
+    p.add_argument("--head-epochs", type=int, default=None,
+                   help="unfrozen: head-only epochs first (default: unfreeze_epoch)")  # fmt: skip
+    p.add_argument("overrides", nargs=argparse.REMAINDER,
+                   help="after `--`: LightningCLI overrides (--data.manifest m.csv)")  # fmt: skip
+    p.set_defaults(handler=_cmd_lr_find)
 
     from medft.demo.settings import add_demo_arguments
 
