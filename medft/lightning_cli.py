@@ -8,6 +8,7 @@ from the trainer) and medft's default callbacks and loggers.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -23,12 +24,12 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from medft import signals
-from medft._io import fsync_dir
+from medft._io import atomic_path, fsync_dir
 from medft.data.datamodule import XrayDataModule
 from medft.data.loader_monitor import LoaderMonitor
-from medft.errors import ConfigError
+from medft.errors import CheckpointError, ConfigError
 from medft.model.averaging import WeightEMA
-from medft.model.checkpoint import local_checkpoint, read_checkpoint, safe_torch_load
+from medft.model.checkpoint import is_remote, local_checkpoint, read_checkpoint, safe_torch_load
 from medft.model.forgetting import ForgettingMeter
 from medft.model.l2sp import L2SP
 from medft.model.module import XrayClassifier
@@ -56,6 +57,46 @@ class SafeCheckpointIO(TorchCheckpointIO):
         if not local.is_file():
             raise FileNotFoundError(f"Checkpoint file not found: {path}")
         return safe_torch_load(local, map_location or "cpu", label=str(path))
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        """Write next to ``path``, ``fsync``, rename; a full disk keeps the old file.
+
+        Lightning's own save stages the file in the system's temporary folder and moves
+        it, so a full disk ends in a raw ``OSError`` from ``shutil.move``. Here the bytes go
+        to a hidden file in the checkpoint folder (:func:`medft._io.atomic_path`), which is
+        removed when the write fails, and the error says what happened in one line.
+
+        Raises:
+            CheckpointError: no space left (or no permission) to write the checkpoint.
+        """
+        if storage_options is not None or is_remote(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        import io
+
+        import torch
+
+        target = Path(path)
+        buffer = io.BytesIO()  # serialise first: torch's file writer hides the errno
+        torch.save(checkpoint, buffer)
+        try:
+            with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+                fh.write(buffer.getbuffer())
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+                raise
+            previous = (
+                f"the previous checkpoint {target.name} is intact"
+                if target.is_file()
+                else "no previous checkpoint of that name was overwritten"
+            )
+            raise CheckpointError(
+                f"{target}: could not save a checkpoint ({exc.strerror.lower()}); {previous} and "
+                "the partial file was removed. Free space (or fix the folder), then resume "
+                f"with --ckpt_path {target.parent / 'last.ckpt'}"
+            ) from None
 
 
 def make_checkpoint_loading_safe(trainer: Trainer) -> None:

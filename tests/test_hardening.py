@@ -667,6 +667,7 @@ def test_the_review_page_applies_the_request_limits_and_deletes_refused_uploads(
 ) -> None:
     from medft.demo.service import InferenceService
     from medft.demo.ui import ReviewPage
+    from medft.demo.views import ViewState
 
     uploads = tmp_path / "gradio"
     page = ReviewPage(
@@ -686,12 +687,86 @@ def test_the_review_page_applies_the_request_limits_and_deletes_refused_uploads(
         paths[-1].write_bytes(_header_only_dicom(side, side))
     entries = []
     page._show_entries = lambda session, found, *args: entries.extend(found) or {}
-    page.on_upload([str(p) for p in paths], {}, "abnormal", "gradcam", 0.4)
+    page.on_upload([str(p) for p in paths], ViewState({}, "abnormal", "gradcam", 0.4))
     assert "30 million per request" in entries[1].error  # refused from its header
     assert not any(p.exists() for p in paths)
     big = uploads / "h9" / "big.dcm"
     big.parent.mkdir()
     big.write_bytes(b"\0" * 5000)
     with pytest.raises(Exception, match="per request"):
-        page.on_upload([str(big)], {}, "abnormal", "gradcam", 0.4)
+        page.on_upload([str(big)], ViewState({}, "abnormal", "gradcam", 0.4))
     assert not big.exists()
+
+
+# ------------------------------------------------------------ 9. distributed and disk faults
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 48 MiB tmpfs (root only; skipped where mounting is not allowed)."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _fill(folder: Path) -> None:
+    """Write zeros until the filesystem is full (a real ENOSPC for the next writer)."""
+    import errno
+
+    with open(folder / "filler.bin", "wb", buffering=0) as fh:
+        for chunk in (2**20, 2**14, 2**10, 64, 1):
+            try:
+                while True:
+                    fh.write(b"\0" * chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    assert (folder / "filler.bin").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint_and_says_so(
+    small_tmpfs: Path, tiny_dataset: Path, fit_args, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+
+    from lightning.pytorch import Callback
+
+    from medft.lightning_cli import run_lightning
+
+    run = small_tmpfs / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    seen: dict[str, str] = {}
+
+    class FillDiskAfterFirstEpoch(Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == 1:
+                seen["before"] = hashlib.sha256(last.read_bytes()).hexdigest()
+                _fill(small_tmpfs)
+
+    args = fit_args(tiny_dataset, run, "--checkpoint.monitor", "null")
+    args[args.index("--trainer.max_epochs") + 1] = "3"
+    cli = run_lightning("fit", args, run=False)
+    cli.trainer.callbacks.append(FillDiskAfterFirstEpoch())
+    with pytest.raises(CheckpointError) as caught:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    message = str(caught.value)
+    assert "no space left" in message and "previous checkpoint" in message
+    assert "\n" not in message
+    assert hashlib.sha256(last.read_bytes()).hexdigest() == seen["before"]
+    assert _read_ckpt(last)["epoch"] == 0  # intact and loadable
+    leftovers = [p.name for p in last.parent.iterdir() if p.name.startswith(".")]
+    names = sorted(p.name for p in last.parent.iterdir())
+    assert not leftovers and names == ["best-00.ckpt", "last.ckpt", "latest-00.ckpt"], names
