@@ -148,6 +148,7 @@ BENCHMARKS: dict[str, BenchFn] = {
     "decode": decode,
     "check": data_check,
     "cache": _from_script("cache"),
+    "loader": _from_script("loader"),
     "freezing": _from_script("freezing"),
     "inference": _from_script("inference"),
     "saliency": saliency,
