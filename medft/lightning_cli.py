@@ -315,6 +315,13 @@ class MedftLightningCLI(LightningCLI):
         config = resolved.get(self.subcommand, resolved) if self.subcommand else resolved
         write_run_json(self.trainer.default_root_dir, config=config)
 
+    def after_fit(self) -> None:
+        """Give MLflow loggers the run's config.yaml and run.json, and say which run it is."""
+        from medft.tracking import log_run_artifacts
+
+        for run_id in log_run_artifacts(self.trainer):
+            print(f"MLflow run {run_id}: metrics, config.yaml and run.json logged")
+
 
 def _check_writable(root: str, config: Namespace | None = None, *, fit: bool = True) -> None:
     """Fail before any decoding or training when the run folder cannot be written.
