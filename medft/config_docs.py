@@ -21,7 +21,8 @@ HEADER = """# Config keys
 
 Every `medft fit|validate|test|predict` option is a config key: the `__init__` arguments of
 `XrayClassifier` (`model.*`) and `XrayDataModule` (`data.*`), Lightning's `Trainer`
-(`trainer.*`), two `ModelCheckpoint` callbacks and medft's data-loader monitor. Set them in
+(`trainer.*`), two `ModelCheckpoint` callbacks, medft's data-loader monitor and its
+small-data callbacks (`ema.*`, `l2sp.*`, `forgetting.*`). Set them in
 a YAML file (`--config`) or on the command line (`--model.lr 3e-4`); later values win.
 This page is generated from `medft fit --config configs/quickstart.yaml --print_config`
 (`python -m medft.config_docs > docs/reference/config.md`); a test keeps it in step with
@@ -45,6 +46,12 @@ SECTIONS = {
     "`ModelCheckpoint` arguments.",
     "loader_monitor": "`medft.data.loader_monitor.LoaderMonitor`: logs the share of training "
     "time spent waiting for batches and warns once when the data loader is the bottleneck.",
+    "ema": "`medft.model.averaging.WeightEMA`: an exponential moving average of the weights, "
+    "validated and checkpointed in their place (off by default; docs/finetuning.md).",
+    "l2sp": "`medft.model.l2sp.L2SP`: pulls backbone weights toward their pretrained values "
+    "(off at `alpha: 0`; docs/finetuning.md).",
+    "forgetting": "`medft.model.forgetting.ForgettingMeter`: per-stage distance from the "
+    "pretrained weights (and optional feature CKA), logged every epoch and plotted.",
     "last_checkpoint": "The unmonitored checkpoint that keeps `last.ckpt` current every epoch "
     "(for `--ckpt_path last` resumes): Lightning's `ModelCheckpoint` arguments.",
 }
@@ -54,6 +61,9 @@ SECTION_CLASSES = {
     "model": "medft.model.module.XrayClassifier",
     "data": "medft.data.datamodule.XrayDataModule",
     "loader_monitor": "medft.data.loader_monitor.LoaderMonitor",
+    "ema": "medft.model.averaging.WeightEMA",
+    "l2sp": "medft.model.l2sp.L2SP",
+    "forgetting": "medft.model.forgetting.ForgettingMeter",
 }
 
 TOP_LEVEL = {
