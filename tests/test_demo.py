@@ -475,15 +475,44 @@ def test_an_unexpected_error_becomes_a_message_not_a_traceback(service, dicoms, 
 
     page.service.saliency = broken  # type: ignore[method-assign]
     caplog.set_level(logging.DEBUG, logger="medft")
-    out = page._guard(page.on_overlay)(session, "nodule", "gradcam", 0.5, "auto", 0.0, 1.0)
+    out = page._event(page.on_overlay)(session, "nodule", "gradcam", 0.5, "auto", 0.0, 1.0)
     assert list(out) == [page.status]
     assert (
         out[page.status].startswith("**Something went wrong**") and "incident" in out[page.status]
     )
     assert "RuntimeError" in caplog.records[0].getMessage()
     assert str(dicoms[0]) not in caplog.records[0].getMessage()
-    out = page._guard(page.on_overlay)({}, "nodule", "gradcam", 0.5, "auto", 0.0, 1.0)
+    out = page._event(page.on_overlay)({}, "nodule", "gradcam", 0.5, "auto", 0.0, 1.0)
     assert "upload a file or pick an example case first" in out[page.status]
+    assert "on_overlay" in caplog.records[0].getMessage()  # the log names the handler
+
+
+def test_the_view_state_starts_as_the_page_shows_its_controls(service, tmp_path):
+    """The window values upload events get are the controls' values on a fresh page."""
+    from medft.demo.ui import INITIAL, ReviewPage
+    from medft.demo.views import ViewState
+
+    page = ReviewPage(
+        InferenceService(service.classifier),
+        examples=[],
+        card="card",
+        upload_dir=tmp_path / "uploads",
+        downloads_dir=tmp_path / "downloads",
+        title="t",
+    )
+    page.build()
+    controls = (page.method, page.alpha, page.preset, page.center, page.width)
+    assert [c.value for c in controls] == [
+        INITIAL.method,
+        INITIAL.alpha,
+        INITIAL.preset,
+        INITIAL.center,
+        INITIAL.width,
+    ]
+    view = ViewState({}, "nodule", "gradcam", 0.5)
+    assert (view.preset, view.center, view.width) == (INITIAL.preset, 0.5, 1.0)
+    with pytest.raises(AttributeError):
+        view.alpha = 1.0  # type: ignore[misc]
 
 
 # --------------------------------------------------------------------------- served app

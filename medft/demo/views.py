@@ -172,6 +172,40 @@ def window_choices(case: Case) -> list[tuple[str, str]]:
     return choices
 
 
+@dataclass(frozen=True)
+class ViewState:
+    """What the page shows now: the controls every view event sends, as one value.
+
+    Gradio hands a handler its inputs as positional arguments; the page's wiring
+    (``medft.demo.ui``) gathers them into this once, and every handler and helper after
+    that takes this one object. Events that do not send the window controls
+    (upload, example, case) get the page's initial window controls.
+
+    Attributes:
+        session: the browser session's state (entries, csv, current case key).
+        finding: the finding shown in the overlay.
+        method: the saliency method.
+        alpha: the overlay opacity.
+        preset: the window preset dropdown's value.
+        center: the window center slider.
+        width: the window width slider.
+    """
+
+    session: dict
+    finding: str
+    method: str
+    alpha: float
+    preset: str = AUTO
+    center: float = 0.5
+    width: float = 1.0
+
+    def window(self, case: Case, preset: str | None = None) -> Window:
+        """The window these controls ask for on ``case`` (``preset`` overrides the dropdown)."""
+        return resolve_window(
+            case, self.preset if preset is None else preset, self.center, self.width
+        )
+
+
 def resolve_window(case: Case, choice: str | None, center: float, width: float) -> Window:
     """The window a preset choice (or the sliders, for ``custom``) stands for.
 
