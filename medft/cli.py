@@ -324,6 +324,16 @@ def _record_run(args: argparse.Namespace, argv: Sequence[str]) -> None:
     write_run_json(out, settings=settings, argv=["medft", *argv])
 
 
+def _lists_subcommands(group: argparse.ArgumentParser) -> None:
+    """A command group given no subcommand (``medft data``) prints its own help, exit 2."""
+
+    def usage(_: argparse.Namespace) -> int:
+        group.print_help(sys.stderr)
+        return 2
+
+    group.set_defaults(handler=usage)  # a subcommand's own handler replaces it
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every non-Lightning subcommand (also used to document the CLI)."""
     parser = argparse.ArgumentParser(
@@ -339,7 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("synth", help="write a synthetic chest X-ray DICOM dataset")
+    p = sub.add_parser(
+        "synth",
+        help="write a synthetic chest X-ray DICOM dataset",
+        epilog="Example: medft synth --out synth --n-patients 200",
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--n-patients", required=True, type=int)
     p.add_argument("--images-per-patient", type=int, default=1)
@@ -362,16 +376,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet(p)
     p.set_defaults(handler=_cmd_synth)
 
-    data = sub.add_parser("data", help="inspect datasets").add_subparsers(
-        dest="data_command", metavar="DATA_COMMAND"
+    group = sub.add_parser("data", help="inspect datasets: check, audit, import")
+    _lists_subcommands(group)
+    data = group.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    p = data.add_parser(
+        "check",
+        help="read every file of a manifest and summarise",
+        epilog="Example: medft data check --manifest synth/labels.csv",
     )
-    p = data.add_parser("check", help="read every file of a manifest and summarise")
     p.add_argument("--manifest", required=True, help="manifest CSV or CLASS/** folder")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--workers", type=int, default=None)
     _add_quiet(p)
     p.set_defaults(handler=_cmd_data_check)
-    p = data.add_parser("audit", help="shortcut audit: can metadata or borders predict labels?")
+    p = data.add_parser(
+        "audit",
+        help="shortcut audit: can metadata or borders predict labels?",
+        epilog="Example: medft data audit --manifest synth/labels.csv --out audit",
+    )
     p.add_argument("--manifest", required=True, help="manifest CSV or CLASS/** folder")
     p.add_argument("--out", type=Path, default=None, help="write audit.json and audit.html here")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -387,7 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None)
     _add_quiet(p)
     p.set_defaults(handler=_cmd_data_audit)
-    p = data.add_parser("import", help="turn a public dataset's files into a manifest CSV")
+    p = data.add_parser(
+        "import",
+        help="turn a public dataset's files into a manifest CSV",
+        epilog="Example: medft data import nih --root /data/nih --out nih.csv",
+    )
     p.add_argument("format", choices=["nih", "chexpert", "mimic", "rsna", "siim", "vindr",
                                       "medmnist", "folder"])  # fmt: skip
     p.add_argument("--root", required=True, type=Path, help="the dataset's folder (or .npz)")
@@ -408,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_data_import)
 
     p = sub.add_parser(
-        "quickstart", help="synthesise data, fine-tune and test on it, offline (a few minutes)"
+        "quickstart",
+        help="synthesise data, fine-tune and test on it, offline (a few minutes)",
+        epilog="Example: medft quickstart --out medft-quickstart",
     )
     p.add_argument("--out", type=Path, default=Path("medft-quickstart"))
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
@@ -419,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate",
         help="evaluate a checkpoint on a manifest: predictions, metrics with CIs, report.html",
+        epilog="Example: medft evaluate --checkpoint best.ckpt --manifest test.csv --out eval",
     )
     p.add_argument("--checkpoint", required=True, help="a medft checkpoint (.ckpt)")
     p.add_argument("--manifest", required=True, help="manifest CSV or CLASS/** folder")
@@ -459,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
         "[--resume] [--seed S] [--by COL] [-- LIGHTNING_OVERRIDES ...]\n"
         "       medft cv aggregate DIR [--n-boot N] [--seed S]\n"
         "       medft cv compare DIR_A DIR_B [--out FILE.json] [--n-boot N] [--seed S]",
+        epilog="Example: medft cv --config configs/quickstart.yaml --folds 5 --out study",
     )
     p.add_argument("--config", help="a `medft fit` YAML config")
     p.add_argument("--folds", type=int, default=5, help="K (default 5)")
@@ -483,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "explain",
         help="saliency maps of a checkpoint for a file or folder: overlays, raw maps, index.csv",
+        epilog="Example: medft explain --checkpoint best.ckpt --input scans/ --out maps --check",
     )
     p.add_argument("--checkpoint", required=True, help="a medft checkpoint (.ckpt)")
     p.add_argument("--input", required=True, help="an image file or a folder (recursive)")
@@ -512,8 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="score new images (no labels needed): predictions.csv, skipped_files.csv, run.json",
         description="Score a manifest, a folder or a file with one checkpoint, an ensemble "
-        "(--checkpoint repeated) or a cross-validation study's fold models (--study). "
-        "Example: medft predict --checkpoint run/checkpoints/best.ckpt --input scans/ --out preds",
+        "(--checkpoint repeated) or a cross-validation study's fold models (--study).",
+        epilog="Example: medft predict --checkpoint best.ckpt --input scans/ --out preds",
     )
     p.add_argument("--checkpoint", type=Path, action="append", help="a checkpoint (repeatable)")
     p.add_argument("--study", type=Path, default=None, help="a `medft cv` folder: its fold models")
@@ -538,8 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="export a checkpoint to ONNX or TorchScript (calibrated probabilities out)",
         description="The exported graph takes the cached-form batch (N, 1, S, S) uint8/uint16 "
-        "and returns calibrated probabilities; a JSON sidecar says how to make its input. "
-        "Example: medft export --checkpoint best.ckpt --format onnx --out model.onnx",
+        "and returns calibrated probabilities; a JSON sidecar says how to make its input.",
+        epilog="Example: medft export --checkpoint best.ckpt --format onnx --out model.onnx",
     )
     p.add_argument("--checkpoint", required=True, type=Path, help="the checkpoint to export")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
@@ -551,7 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_export)
 
     p = sub.add_parser(
-        "send", help="store DICOM results (SR, captures) in a PACS: DICOMweb or DIMSE"
+        "send",
+        help="store DICOM results (SR, captures) in a PACS: DICOMweb or DIMSE",
+        epilog="Example: medft send results/dicom --to dicom://ORTHANC@pacs.local:4242",
     )
     p.add_argument("folder", help="folder of DICOM results (*.dcm, searched recursively)")
     p.add_argument(
@@ -565,12 +598,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON report to write (default: FOLDER/send_report.json)")  # fmt: skip
     p.set_defaults(handler=_cmd_send)
 
-    weights = sub.add_parser(
+    group = sub.add_parser(
         "weights", help="pretrained weights: `weights pull NAME...` fills the local cache"
-    ).add_subparsers(dest="weights_command", metavar="WEIGHTS_COMMAND")
+    )
+    _lists_subcommands(group)
+    weights = group.add_subparsers(dest="weights_command", metavar="WEIGHTS_COMMAND")
     p = weights.add_parser(
         "pull",
         help="download timm's ImageNet weights into the Hugging Face cache (to carry offline)",
+        epilog="Example: medft weights pull densenet121 resnet50",
     )
     p.add_argument("names", nargs="+", metavar="NAME", help="timm model names, e.g. densenet121")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -581,7 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
         "lr-find",
         help="learning-rate range test for the head-only and the unfrozen phase",
         description="Lightning's LR finder on a fit config: prints suggested rates and saves "
-        "plots. Example: medft lr-find --config configs/medmnist.yaml --out lr -- "
+        "plots.",
+        epilog="Example: medft lr-find --config configs/medmnist.yaml --out lr -- "
         "--data.manifest m.csv",
     )
     p.add_argument("--config", required=True, help="a `medft fit` YAML config")
@@ -598,11 +635,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     from medft.demo.settings import add_demo_arguments
 
-    p = sub.add_parser("demo", help="review predictions and saliency maps in a browser (Gradio)")
+    p = sub.add_parser(
+        "demo",
+        help="review predictions and saliency maps in a browser (Gradio)",
+        epilog="Example: medft demo --checkpoint best.ckpt",
+    )
     add_demo_arguments(p)
     p.set_defaults(handler=_cmd_demo)
 
-    p = sub.add_parser("bench", help="ratio benchmarks of medft against plain PyTorch")
+    p = sub.add_parser(
+        "bench",
+        help="ratio benchmarks of medft against plain PyTorch",
+        epilog="Example: medft bench --out bench --quick",
+    )
     p.add_argument("--out", required=True, type=Path, help="folder for bench.json")
     p.add_argument("--quick", action="store_true", help="smoke run with tiny sizes (minutes)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="benchmarks to run (default: all)")
