@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -188,6 +189,39 @@ def test_cv_reports_folds_as_lines(
     err = capsys.readouterr().err
     assert len(ran) == 3
     assert _progress_lines(err, "cv: 0/3 folds") and _progress_lines(err, "cv: 3/3 folds")
+
+
+@pytest.mark.parametrize(
+    ("command", "what"),
+    [
+        (["evaluate", "--manifest", "{csv}", "--out", "{tmp}/e", "--n-boot", "20"], "predicting"),
+        (["explain", "--input", "{images}", "--out", "{tmp}/x", "--method", "gradcam"], "explain"),
+    ],
+    ids=["evaluate", "explain"],
+)
+def test_model_commands_print_progress_lines_unless_quiet(
+    command: list[str],
+    what: str,
+    tiny_checkpoint: Path,
+    synth_csv: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    images = tmp_path / "three"  # explain is slow on CPU: three images show the lines
+    images.mkdir()
+    for source in sorted((synth_csv.parent / "images").rglob("*.dcm"))[:3]:
+        shutil.copy(source, images / f"{source.parent.name}.dcm")
+    args = ["--checkpoint", str(tiny_checkpoint)]
+    args += [a.format(tmp=tmp_path, csv=synth_csv, images=images) for a in command]
+    assert main([args[2], *args[:2], *args[3:]]) == 0
+    lines = _progress_lines(capsys.readouterr().err, what)
+    count = "3/3" if what == "explain" else "12/12"
+    assert lines and f"{count} images (100%)" in lines[-1] and "done in" in lines[-1]
+    set_quiet(False)
+    quiet = list(args)
+    quiet[quiet.index("--out") + 1] += "-quiet"
+    assert main([quiet[2], *quiet[:2], *quiet[3:], "--quiet"]) == 0
+    assert not _progress_lines(capsys.readouterr().err, what)
 
 
 # ------------------------------------------------------------------ a real pipe

@@ -34,6 +34,7 @@ from medft.explain.checks import deletion_score, randomisation_check
 from medft.explain.overlay import DisplayNorm, grid_image, render_overlay
 from medft.explain.saliency import METHODS, SaliencyResult, explain
 from medft.inference import INPUT_SUFFIXES, Predictor, collect_inputs, output_id
+from medft.progress import track
 
 __all__ = [
     "INDEX_COLUMNS",
@@ -118,7 +119,7 @@ def explain_inputs(
 
     rows: list[dict[str, Any]] = []
     width = max(4, len(str(len(paths) - 1)))
-    for number, path in enumerate(paths):
+    for number, path in enumerate(track(paths, "explain", unit="images")):
         name = output_id(number, path, width=width)
         try:
             image, _meta = load_image(path)
