@@ -15,6 +15,9 @@ finding. It fixes the usual traps of CAM tooling:
   through the :class:`~medft.data.geometry.Geometry` of the preprocessing, undoing the
   resize, the padding or the crop.
 
+The image -> model-input step lives in :mod:`medft.explain.inputs` and the target layer in
+:mod:`medft.explain.layers`; their names are re-exported here.
+
 The CAM family is computed here from activations and gradients captured with hooks (the
 gradient is taken only down to the target layer, so a map costs one forward pass and a
 backward pass through the head); ``pytorch_grad_cam`` is the reference it is tested against.
@@ -23,7 +26,7 @@ backward pass through the head); ``pytorch_grad_cam`` is the reference it is tes
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,8 +35,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medft.data.geometry import FitMode, Geometry, fit_to_square, plan_fit
+from medft.data.geometry import Geometry
 from medft.errors import ConfigError
+from medft.explain.inputs import (
+    ImageInput,
+    Preprocess,
+    default_preprocess,
+    neutral_fill,
+    normalising_mean,
+    prepare_input,
+)
+from medft.explain.layers import TargetLayer, find_backbone, resolve_target_layer, to_spatial
+
+# The preprocessing (medft.explain.inputs) and the target layer (medft.explain.layers) have
+# their own modules; their names stay importable from here, the CAM front door.
+__all__ = [
+    "METHODS",
+    "METHOD_UNITS",
+    "ImageInput",
+    "Method",
+    "Preprocess",
+    "SaliencyResult",
+    "TargetLayer",
+    "default_preprocess",
+    "explain",
+    "find_backbone",
+    "model_probabilities",
+    "neutral_fill",
+    "normalising_mean",
+    "prepare_input",
+    "resolve_target_layer",
+]
 
 Method = Literal["gradcam", "gradcam++", "hirescam", "occlusion"]
 METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "occlusion")
@@ -45,9 +77,6 @@ METHOD_UNITS: dict[str, str] = {
     "hirescam": "logit contribution per feature cell",
     "occlusion": "drop in probability when the patch is hidden",
 }
-
-Preprocess = Callable[[np.ndarray], tuple[torch.Tensor, Geometry]]
-ImageInput = np.ndarray | torch.Tensor | tuple[torch.Tensor, Geometry]
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,341 +121,6 @@ class SaliencyResult:
         grid = torch.from_numpy(np.ascontiguousarray(self.raw, dtype=np.float32))[None, None]
         up = F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)
         return up[0, 0].numpy()
-
-
-@dataclass(frozen=True)
-class TargetLayer:
-    """The module a CAM is taken at.
-
-    Attributes:
-        name: dotted module name inside the model (``model.get_submodule(name)``).
-        module: the module itself.
-        channels: expected channel count (from ``feature_info``) when known; used to tell
-            NCHW from NHWC outputs.
-        backbone: the module whose attributes (``patch_embed``, ``num_prefix_tokens``,
-            ``output_fmt``) describe the layer's layout.
-    """
-
-    name: str
-    module: nn.Module
-    channels: int | None
-    backbone: nn.Module
-
-
-# --------------------------------------------------------------------------- preprocessing
-
-
-def default_preprocess(
-    model: nn.Module, *, mode: FitMode = "pad", size: int | None = None
-) -> Preprocess:
-    """Build the standard image → model-input function from the model's own data config.
-
-    Input size, mean and std come from ``timm.data.resolve_model_data_config`` of the
-    backbone (:func:`find_backbone`); a model with a fixed patch-embedding size uses that
-    size, and ``size`` overrides both (pass the training resolution of a fine-tuned model).
-    The gray image is fitted into the square with :func:`~medft.data.geometry.fit_to_square`
-    (``"pad"`` keeps the whole image, ``"crop"`` centre-crops), replicated to the stem's
-    channel count and normalised. A model that normalises its input itself (it carries an
-    ``input_mean`` buffer, like medft's ``XrayClassifier``) gets the display-space square,
-    (1, 1, S, S) in [0, 1], instead.
-    """
-    import timm.data
-
-    backbone, _ = find_backbone(model)
-    config = timm.data.resolve_model_data_config(backbone)
-    size = size or _model_input_size(backbone, tuple(config["input_size"]))
-    if normalising_mean(model) is not None:
-
-        def display_space(image: np.ndarray) -> tuple[torch.Tensor, Geometry]:
-            square, geometry = fit_to_square(_as_display_image(image), size, mode)
-            return square[None, None], geometry
-
-        return display_space
-
-    channels = _stem_channels(backbone, int(config["input_size"][0]))
-    mean = _per_channel(config["mean"], channels)
-    std = _per_channel(config["std"], channels)
-
-    def normalised(image: np.ndarray) -> tuple[torch.Tensor, Geometry]:
-        square, geometry = fit_to_square(_as_display_image(image), size, mode)
-        stacked = square.expand(channels, size, size)
-        return ((stacked - mean) / std)[None], geometry
-
-    return normalised
-
-
-def normalising_mean(model: nn.Module) -> torch.Tensor | None:
-    """The ``input_mean`` buffer of a model that normalises its own input, else None."""
-    mean = getattr(model, "input_mean", None)
-    return mean if isinstance(mean, torch.Tensor) else None
-
-
-def neutral_fill(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """The value that hides a pixel without adding a signal: the data mean, (1, C, 1, 1).
-
-    For a normalised input that is 0; for a model that normalises inside, its
-    ``input_mean`` (averaged over channels when gray is replicated inside the model).
-    """
-    channels = int(inputs.shape[1])
-    mean = normalising_mean(model)
-    if mean is None:
-        return torch.zeros((1, channels, 1, 1), dtype=inputs.dtype, device=inputs.device)
-    flat = mean.detach().reshape(-1).to(dtype=inputs.dtype, device=inputs.device)
-    values = flat if flat.numel() == channels else flat.mean().expand(channels)
-    return values.reshape(1, channels, 1, 1)
-
-
-def prepare_input(
-    model: nn.Module,
-    image: ImageInput,
-    *,
-    preprocess: Preprocess | None = None,
-    geometry: Geometry | None = None,
-) -> tuple[torch.Tensor, Geometry]:
-    """Turn what a caller holds into a (1, C, S, S) model input and its Geometry.
-
-    Accepts a display-space (H, W) image (array or tensor, floats in [0, 1] or uint8), run
-    through ``preprocess`` (default: :func:`default_preprocess`); a model-input tensor
-    (C, S, S) or (1, C, S, S) with its ``geometry`` (an identity geometry when omitted); or
-    the ``(tensor, Geometry)`` pair a preprocess function returns.
-    """
-    if isinstance(image, tuple):
-        if len(image) != 2 or not isinstance(image[1], Geometry):
-            raise ConfigError("image tuple must be (model-input tensor, Geometry)")
-        image, geometry = image
-    if isinstance(image, torch.Tensor) and image.ndim in (3, 4):
-        tensor = image if image.ndim == 4 else image[None]
-        if tensor.shape[0] != 1 or tensor.shape[-1] != tensor.shape[-2]:
-            raise ConfigError(
-                f"model-input tensor must be one square image (1, C, S, S), got "
-                f"{tuple(image.shape)}; pass a display-space (H, W) image to fit it instead"
-            )
-        if geometry is None:
-            side = int(tensor.shape[-1])
-            geometry = plan_fit((side, side), side, "pad")
-        elif geometry.size != tensor.shape[-1]:
-            raise ConfigError(
-                f"geometry.size {geometry.size} does not match the input tensor side "
-                f"{tensor.shape[-1]}"
-            )
-        return tensor.detach(), geometry
-    fn = preprocess if preprocess is not None else default_preprocess(model)
-    tensor, geometry = fn(_as_display_image(image))
-    if tensor.ndim == 3:
-        tensor = tensor[None]
-    return tensor.detach(), geometry
-
-
-def _as_display_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
-    """A (H, W) float32 array in [0, 1]; uint8 is scaled, anything else outside is refused."""
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if array.ndim != 2:
-        raise ConfigError(
-            f"expected a gray (H, W) display-space image, got shape {array.shape}; read "
-            "radiographs with medft.data.dicom.read_xray, or pass a (1, C, S, S) model input"
-        )
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all() or array.min() < -1e-6 or array.max() > 1 + 1e-6:
-        raise ConfigError(
-            "display-space image must be finite floats in [0, 1] (got range "
-            f"{np.nanmin(array):.3g}..{np.nanmax(array):.3g}); window it first "
-            "(medft.data.dicom.read_xray does)"
-        )
-    return np.clip(array, 0.0, 1.0)
-
-
-def _model_input_size(model: nn.Module, input_size: tuple[int, ...]) -> int:
-    embed = getattr(model, "patch_embed", None)
-    fixed = getattr(embed, "img_size", None) if getattr(embed, "strict_img_size", False) else None
-    height, width = (int(fixed[0]), int(fixed[1])) if fixed else (input_size[1], input_size[2])
-    if height != width:
-        raise ConfigError(
-            f"the model expects a non-square input {height}x{width}; pass a preprocess "
-            "function that produces it"
-        )
-    return height
-
-
-def _stem_channels(model: nn.Module, fallback: int) -> int:
-    """Input channels of the first convolution (timm keeps in_chans there), else ``fallback``."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return int(module.in_channels)
-    return fallback
-
-
-def _per_channel(values: Sequence[float], channels: int) -> torch.Tensor:
-    stats = [float(v) for v in values]
-    if len(stats) != channels:
-        stats = [sum(stats) / len(stats)] * channels
-    return torch.tensor(stats, dtype=torch.float32).view(channels, 1, 1)
-
-
-# --------------------------------------------------------------------------- target layer
-
-
-def find_backbone(model: nn.Module) -> tuple[nn.Module, str]:
-    """The timm backbone inside ``model`` and its name prefix (``(model, "")`` if it is one).
-
-    A backbone is the first module (the model itself, then its submodules in order) that
-    describes its own layout: ``feature_info``, or a ViT-style ``patch_embed``. This lets a
-    wrapper (e.g. a LightningModule holding the timm model) be explained like the model.
-    """
-    for name, module in model.named_modules():
-        if hasattr(module, "feature_info") or hasattr(module, "patch_embed"):
-            return module, f"{name}." if name else ""
-    return model, ""
-
-
-def resolve_target_layer(
-    model: nn.Module,
-    target_layer: str | nn.Module = "auto",
-    *,
-    example_input: torch.Tensor | None = None,
-) -> TargetLayer:
-    """Find the module to take CAMs at.
-
-    ``"auto"`` looks at the backbone (:func:`find_backbone`) and picks, in order: for
-    ViT-style token models (``patch_embed`` + ``blocks``), the last block's ``norm1`` when
-    the head reads the class token (patch tokens after the last block no longer reach it),
-    else the last block; for timm models with ``feature_info``, the last feature stage
-    (``feature_info[-1]["module"]``); for any other module, the last module (in execution
-    order) whose output is a spatial (N, C, H, W) map, found with one forward pass of
-    ``example_input``. A module name (relative to ``model``) or a module overrides.
-    """
-    backbone, prefix = find_backbone(model)
-    if isinstance(target_layer, nn.Module):
-        for name, module in model.named_modules():
-            if module is target_layer:
-                return _layer(model, name, backbone, prefix)
-        raise ConfigError("target_layer module is not part of the model; pass one of its modules")
-    if target_layer != "auto":
-        try:
-            model.get_submodule(target_layer)
-        except AttributeError as err:
-            stages = [prefix + info["module"] for info in _feature_info(backbone)]
-            raise ConfigError(
-                f"target_layer {target_layer!r} is not a module of {type(model).__name__} "
-                f"(its feature stages: {', '.join(stages) or 'none'}); or use 'auto'"
-            ) from err
-        return _layer(model, target_layer, backbone, prefix)
-
-    blocks = getattr(backbone, "blocks", None)
-    if hasattr(backbone, "patch_embed") and isinstance(blocks, nn.Sequential | nn.ModuleList):
-        last = len(blocks) - 1
-        name = f"blocks.{last}"
-        reads_class_token = getattr(backbone, "global_pool", None) == "token"
-        if reads_class_token and hasattr(blocks[last], "norm1"):
-            name = f"blocks.{last}.norm1"
-        return _layer(model, prefix + name, backbone, prefix)
-    info = _feature_info(backbone)
-    if info:
-        return _layer(model, prefix + info[-1]["module"], backbone, prefix)
-    if example_input is None:
-        raise ConfigError(
-            f"cannot pick a target layer for {type(model).__name__} without an example input "
-            "(it has no timm feature_info); name the layer instead"
-        )
-    return _layer(model, _last_spatial_module(model, example_input), backbone, prefix)
-
-
-def _layer(model: nn.Module, name: str, backbone: nn.Module, prefix: str) -> TargetLayer:
-    """A TargetLayer with the channel count ``feature_info`` gives for it, if any."""
-    channels = None
-    for entry in _feature_info(backbone):
-        if prefix + entry["module"] == name:
-            channels = entry.get("num_chs")
-    return TargetLayer(name, model.get_submodule(name), channels, backbone)
-
-
-def _feature_info(model: nn.Module) -> list[dict]:
-    info = getattr(model, "feature_info", None)
-    if not isinstance(info, list | tuple):
-        return []
-    return [dict(entry) for entry in info if isinstance(entry, dict) and "module" in entry]
-
-
-def _last_spatial_module(model: nn.Module, example_input: torch.Tensor) -> str:
-    """Name of the last module to run whose output is a (1, C, H, W) map larger than 1×1.
-
-    When containers pass the same tensor on (a Sequential ending in it), the innermost
-    module that produced it is named.
-    """
-    seen: list[tuple[str, torch.Tensor]] = []
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
-
-        def record(_module, _inputs, output, name=name) -> None:
-            spatial = isinstance(output, torch.Tensor) and output.ndim == 4
-            if spatial and output.shape[-2:].numel() > 1:
-                seen.append((name, output))
-
-        handles.append(module.register_forward_hook(record))
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not seen:
-        raise ConfigError(
-            f"{type(model).__name__} has no module with a spatial (N, C, H, W) output; "
-            "use method='occlusion'"
-        )
-    last = seen[-1][1]
-    return next(name for name, output in seen if output is last)
-
-
-def _to_spatial(
-    tensor: torch.Tensor, layer: TargetLayer, input_hw: tuple[int, int]
-) -> torch.Tensor:
-    """Reshape a layer output (1, …) to (C, h, w): NCHW as is, NHWC permuted, tokens gridded."""
-    if tensor.ndim == 4:
-        if _is_channels_last(tensor, layer):
-            return tensor[0].permute(2, 0, 1)
-        return tensor[0]
-    if tensor.ndim == 3:
-        prefix, grid = _token_grid(layer, int(tensor.shape[1]), input_hw)
-        tokens = tensor[0, prefix:]
-        return tokens.reshape(grid[0], grid[1], tokens.shape[-1]).permute(2, 0, 1)
-    raise ConfigError(
-        f"layer {layer.name!r} outputs shape {tuple(tensor.shape)}; a CAM needs (N, C, H, W), "
-        "(N, H, W, C) or (N, tokens, C); pick another layer"
-    )
-
-
-def _is_channels_last(tensor: torch.Tensor, layer: TargetLayer) -> bool:
-    """NHWC when the last axis has the expected channel count, else the model's output_fmt."""
-    model_nhwc = str(getattr(layer.backbone, "output_fmt", "NCHW")) == "NHWC"
-    if layer.channels is None:
-        return model_nhwc
-    first, last = tensor.shape[1] == layer.channels, tensor.shape[-1] == layer.channels
-    return last and (model_nhwc or not first)
-
-
-def _token_grid(
-    layer: TargetLayer, n_tokens: int, input_hw: tuple[int, int]
-) -> tuple[int, tuple[int, int]]:
-    """Number of prefix tokens and the (rows, cols) patch grid, both read from the model."""
-    embed = getattr(layer.backbone, "patch_embed", None)
-    grids: list[tuple[int, int]] = []
-    if embed is not None and hasattr(embed, "dynamic_feat_size"):
-        grids.append(tuple(embed.dynamic_feat_size(input_hw)))
-    if embed is not None and getattr(embed, "grid_size", None) is not None:
-        grids.append(tuple(embed.grid_size))
-    prefixes = (int(getattr(layer.backbone, "num_prefix_tokens", 0)), 0)
-    for grid in grids:
-        for prefix in prefixes:
-            if grid[0] * grid[1] == n_tokens - prefix:
-                return prefix, (int(grid[0]), int(grid[1]))
-    raise ConfigError(
-        f"layer {layer.name!r} outputs {n_tokens} tokens, which does not fit the model's patch "
-        f"grid {grids or 'unknown'} with {prefixes[0]} prefix tokens; name a spatial layer"
-    )
 
 
 # --------------------------------------------------------------------------- explain
@@ -529,7 +223,7 @@ def _cam(
     probabilities = _probabilities(logits.detach(), multilabel)[0]
     indices, names = _select(labels, findings, logits.shape[1])
     input_hw = (int(tensor.shape[-2]), int(tensor.shape[-1]))
-    spatial_activation = _to_spatial(activation.detach(), layer, input_hw).float()
+    spatial_activation = to_spatial(activation.detach(), layer, input_hw).float()
     maps = []
     for position, index in enumerate(indices):
         last = position == len(indices) - 1
@@ -541,7 +235,7 @@ def _cam(
                 f"the output does not depend on layer {layer.name!r}; pick a layer on the path "
                 "to the head"
             )
-        spatial_gradient = _to_spatial(gradient, layer, input_hw).float()
+        spatial_gradient = to_spatial(gradient, layer, input_hw).float()
         maps.append(_combine(method, spatial_activation, spatial_gradient).cpu().numpy())
     return probabilities, maps, layer.name, indices, names
 
