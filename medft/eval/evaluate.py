@@ -376,6 +376,9 @@ def evaluate(
         )
     )  # fmt: skip
     stored_points = classifier.meta.get("operating_points") or {}
+    for label, entry in metrics.get("at_operating_point", {}).items():
+        if label not in stored_points and entry.get("threshold_source") == "given":
+            entry["threshold_source"] = "default"  # 0.5: the checkpoint stores no threshold
     metrics["operating_points"] = {
         label: {
             **dict(stored_points.get(label, {})),

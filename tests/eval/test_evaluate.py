@@ -136,6 +136,22 @@ def test_calls_use_the_operating_point_stored_in_the_checkpoint(
     assert metrics["operating_points"]["abnormal"]["applied_threshold"] == pytest.approx(stored)
 
 
+def test_threshold_source_says_default_when_the_checkpoint_stores_none(
+    trained: dict[str, Path], evaluated: tuple[dict, Path], tmp_path: Path
+) -> None:
+    """docs/statistics.md: a finding without a stored threshold uses 0.5 and says `default`."""
+    metrics, _ = evaluated
+    assert metrics["at_operating_point"]["abnormal"]["threshold_source"] == "given"
+    checkpoint = torch.load(trained["checkpoint"], map_location="cpu", weights_only=True)
+    checkpoint["medft"].pop("operating_points", None)
+    bare = tmp_path / "no-threshold.ckpt"
+    torch.save(checkpoint, bare)
+    plain = evaluate(bare, trained["manifest"], tmp_path / "eval", n_boot=20, seed=0)
+    entry = plain["at_operating_point"]["abnormal"]
+    assert entry["threshold"] == pytest.approx(0.5)
+    assert entry["threshold_source"] == "default"
+
+
 def test_numbers_match_a_recomputation_from_predictions_csv(evaluated: tuple[dict, Path]) -> None:
     metrics, out = evaluated
     table = pd.read_csv(out / "predictions.csv", dtype={"patient_key": str})
