@@ -181,6 +181,8 @@ class XrayClassifier(L.LightningModule):
         self._loss_logged = False
         self._log_every = 0  # Lightning's log_every_n_steps, read at each epoch start
         self._next_step = 0
+        self._compact_affine: dict[tuple[float, torch.device], tuple[torch.Tensor, ...]] = {}
+        self._trainable: dict[int, float] = {}  # trainable parameters by frozen prefix
         # A plain list, not a submodule: the compiled wrapper shares the parameters of
         # self.model, and the state dict keeps its plain keys (no "_orig_mod.").
         self._compiled: list[Callable[[torch.Tensor], torch.Tensor]] = []
@@ -226,8 +228,12 @@ class XrayClassifier(L.LightningModule):
 
     def _normalize_compact(self, images: torch.Tensor, scale: float) -> torch.Tensor:
         # (x / scale - mean) / std as one multiply-add: x * gain + bias.
-        gain = 1.0 / (scale * self.input_std)
-        bias = -self.input_mean / self.input_std
+        key = (scale, self.input_mean.device)
+        if key not in self._compact_affine:
+            self._compact_affine = {  # one entry: the buffers' current device
+                key: (1.0 / (scale * self.input_std), -self.input_mean / self.input_std)
+            }
+        gain, bias = self._compact_affine[key]
         channels = max(images.shape[1], self.input_mean.shape[1])
         shape = (images.shape[0], channels, *images.shape[2:])
         layout = (
@@ -337,8 +343,11 @@ class XrayClassifier(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         """Gate the stages for this epoch and log what trains."""
         self.schedule.apply(self.current_epoch)
-        info = self.schedule.describe(self.current_epoch)
-        metrics = {"train/trainable_params": float(info["trainable_params"])}
+        frozen = self.schedule.frozen_prefix(self.current_epoch)
+        if frozen not in self._trainable:  # counting walks every parameter: once per state
+            info = self.schedule.describe(self.current_epoch)
+            self._trainable[frozen] = float(info["trainable_params"])
+        metrics = {"train/trainable_params": self._trainable[frozen]}
         optimizer = self.optimizers()
         if not isinstance(optimizer, list):
             optimizer = [optimizer]
@@ -350,6 +359,24 @@ class XrayClassifier(L.LightningModule):
             logger.log_metrics(metrics, step=self.global_step)
         self._log_every = int(self.trainer.log_every_n_steps or 0)
         self._next_step = int(self.trainer.global_step)
+
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        """Move a medft batch's tensors (non-blocking on CUDA: the loader pins them).
+
+        Lightning's generic transfer walks every element of the batch, the ``path`` strings
+        too; a medft batch is a flat dict, so only its tensors are visited.
+        """
+        if not isinstance(batch, dict):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        non_blocking = device.type == "cuda"
+        return {
+            key: value.to(device, non_blocking=non_blocking)
+            if isinstance(value, torch.Tensor)
+            else value
+            for key, value in batch.items()
+        }
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         if len(batch["image"]) == 0:  # every file of this batch was unreadable and skipped

@@ -123,3 +123,14 @@ def test_fit_logs_the_loss_every_n_steps_and_per_epoch(
     assert len(epoch_losses) == 2 and all(np.isfinite(epoch_losses))
     assert any(k.startswith("lr/") and r[k] for r in rows for k in r)  # lr per group, per epoch
     assert "train/loss_epoch" in cli.trainer.progress_bar_metrics
+
+
+def test_batch_transfer_moves_tensors_and_leaves_paths_alone() -> None:
+    model = _model()
+    paths = ["a.dcm", "b.dcm"]
+    batch = {"image": torch.zeros(2, 1, 4, 4, dtype=torch.uint8), "label": torch.zeros(2, 1),
+             "index": torch.arange(2), "path": paths}  # fmt: skip
+    moved = model.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    assert moved["path"] is paths and set(moved) == set(batch)
+    assert moved["image"].dtype == torch.uint8 and moved["index"].tolist() == [0, 1]
+    assert model.transfer_batch_to_device([torch.ones(1)], torch.device("cpu"), 0)[0].item() == 1
