@@ -14,6 +14,8 @@
 #   l2sp     + L2-SP toward the pretrained weights (--l2sp.alpha 0.1)
 #   probe    linear probe: only the classifier trains, all 4 epochs
 #   long     the default recipe for 8 epochs (2 head-only, 6 whole network)
+#   long_ema long + EMA (the averaging can only matter once the backbone trains)
+#   long_l2sp long + L2-SP (not in the default list: not run for the docs table)
 # Writes OUT/data (PNGs + manifest), OUT/<recipe>/ (a `medft cv` study each) and
 # OUT/compare_<recipe>.json + .txt (each recipe against `default`), then prints a table.
 # Cost: six studies' worth of fits of tf_efficientnet_lite0 at 64 px (`long` counts twice);
@@ -30,7 +32,7 @@ DATA="${DATA:?no PneumoniaMNIST data found; set DATA=/path/to/pneumoniamnist}"
 OUT="${1:-recipe-study}"
 MEDFT="${MEDFT:-medft}"
 SMOKE="${SMOKE:-0}"
-RECIPES="${RECIPES:-default ema l2sp probe long}"
+RECIPES="${RECIPES:-default ema l2sp probe long long_ema}"
 
 export HF_HUB_OFFLINE=1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
@@ -55,6 +57,8 @@ recipe_args() {
     l2sp) echo "--l2sp.alpha 0.1" ;;
     probe) echo "--model.freeze linear_probe" ;;
     long) echo "${LONG[*]}" ;;
+    long_ema) echo "${LONG[*]} --ema.enabled true --ema.decay 0.9" ;;
+    long_l2sp) echo "${LONG[*]} --l2sp.alpha 0.1" ;;
     *) echo "unknown recipe $1" >&2; exit 2 ;;
   esac
 }
