@@ -555,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--num-workers", type=int, default=0, help="processes decoding images")
     p.add_argument("--on-bad-file", choices=("skip", "fail"), default="skip",
-                   help="skip unreadable files (listed with reasons) or stop at the first")  # fmt: skip
+                   help="skip unreadable files (listed, with reasons) or stop")  # fmt: skip
     p.add_argument("--include-patient-id", action="store_true",
                    help="write raw patient IDs (default: salted keys only)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
@@ -578,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-dtype", choices=("auto", "uint8", "uint16"), default="auto",
                    help="input pixel type (auto: the checkpoint's cache dtype)")  # fmt: skip
     p.add_argument("--no-check", action="store_true",
-                   help="skip the check against the Predictor (ONNX needs onnxruntime)")  # fmt: skip
+                   help="skip running the export against medft (needs onnxruntime)")  # fmt: skip
     p.set_defaults(handler=_cmd_export)
 
     p = sub.add_parser(
@@ -597,21 +597,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, default=None,
                    help="JSON report to write (default: FOLDER/send_report.json)")  # fmt: skip
     p.set_defaults(handler=_cmd_send)
-
-    group = sub.add_parser(
-        "weights", help="pretrained weights: `weights pull NAME...` fills the local cache"
-    )
-    _lists_subcommands(group)
-    weights = group.add_subparsers(dest="weights_command", metavar="WEIGHTS_COMMAND")
-    p = weights.add_parser(
-        "pull",
-        help="download timm's ImageNet weights into the Hugging Face cache (to carry offline)",
-        epilog="Example: medft weights pull densenet121 resnet50",
-    )
-    p.add_argument("names", nargs="+", metavar="NAME", help="timm model names, e.g. densenet121")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="cache folder (default: the hub cache, HF_HUB_CACHE)")  # fmt: skip
-    p.set_defaults(handler=_cmd_weights)
 
     p = sub.add_parser(
         "lr-find",
@@ -632,6 +617,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs=argparse.REMAINDER,
                    help="after `--`: LightningCLI overrides (--data.manifest m.csv)")  # fmt: skip
     p.set_defaults(handler=_cmd_lr_find)
+
+    group = sub.add_parser(
+        "weights", help="pretrained weights: `weights pull NAME...` fills the local cache"
+    )
+    _lists_subcommands(group)
+    weights = group.add_subparsers(dest="weights_command", metavar="WEIGHTS_COMMAND")
+    p = weights.add_parser(
+        "pull",
+        help="download timm's ImageNet weights into the Hugging Face cache (to carry offline)",
+        epilog="Example: medft weights pull densenet121 resnet50",
+    )
+    p.add_argument("names", nargs="+", metavar="NAME", help="timm model names, e.g. densenet121")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="cache folder (default: the hub cache, HF_HUB_CACHE)")  # fmt: skip
+    p.set_defaults(handler=_cmd_weights)
 
     from medft.demo.settings import add_demo_arguments
 
