@@ -87,3 +87,24 @@ def test_pneumoniamnist_study_script_runs_in_smoke_mode(tmp_path: Path) -> None:
     for name in ("data/manifest.csv", "audit/audit.json", "study/summary.json",
                  "study/report.html"):  # fmt: skip
         assert (tmp_path / "out" / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_recipe_study_script_runs_in_smoke_mode(tmp_path: Path) -> None:
+    """The recipe study (docs/finetuning.md): two recipes on the same folds, then compared."""
+    script = EXAMPLES / "recipe_study.sh"
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "SMOKE": "1",
+        "RECIPES": "default ema",
+        "MEDFT": str(bin_dir / "medft"),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MPLBACKEND": "Agg",
+    }
+    done = subprocess.run(["bash", str(script), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "vs default (paired 95% CI)" in done.stdout
+    for name in ("default/summary.json", "ema/summary.json", "compare_ema.json"):
+        assert (tmp_path / "out" / name).is_file(), name
