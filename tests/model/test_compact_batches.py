@@ -89,6 +89,7 @@ def test_datamodule_ships_compact_batches_only_to_models_that_take_them(tmp_path
 
     class _Trainer:  # what the datamodule asks of the trainer it is attached to
         lightning_module = _model()
+        world_size, global_rank = 1, 0
 
     auto = XrayDataModule(str(manifest), **options)
     auto.trainer = _Trainer()  # type: ignore[assignment]
