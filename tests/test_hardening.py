@@ -770,3 +770,99 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint_and_says_so
     leftovers = [p.name for p in last.parent.iterdir() if p.name.startswith(".")]
     names = sorted(p.name for p in last.parent.iterdir())
     assert not leftovers and names == ["best-00.ckpt", "last.ckpt", "latest-00.ckpt"], names
+
+
+_DDP = (
+    "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+    "--model.freeze_gate", "lr",
+)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["epoch_end", "mid_epoch"])
+def test_kill_9_of_a_two_process_ddp_fit_then_resume_matches_an_uninterrupted_run(
+    where: str, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """SIGKILL to the whole job (both gloo ranks, as a lost node), then --ckpt_path last.ckpt.
+
+    No dropout or augmentation: checkpoints hold rank 0's RNG state only, so random ops on
+    rank 1 would differ after a resume. ``mid_epoch`` checkpoints every step and kills
+    inside an epoch: each rank continues its shard of that epoch where it stopped.
+    """
+    import os
+    import signal
+    import subprocess
+
+    from tests.conftest import ROOT
+    from tests.test_reliability import (
+        CHECKPOINTING,
+        RESUME_TOLERANCE,
+        _checkpoint_progress,
+        _env,
+        _fit_command,
+        _max_weight_difference,
+    )
+
+    extra = (*CHECKPOINTING["epoch_end_no_random_ops"], *_DDP, "--data.batch_size", "2")
+    if where == "mid_epoch":
+        extra = (*extra, "--last_checkpoint.every_n_train_steps", "1")
+    reference = tmp_path / "reference"
+    subprocess.run(
+        _fit_command(tiny_dataset, reference, *extra), cwd=ROOT, env=_env(), check=True,
+        timeout=900, capture_output=True,
+    )  # fmt: skip
+    ref_last = reference / "checkpoints" / "last.ckpt"
+    ref_progress = _checkpoint_progress(ref_last)
+    assert ref_progress is not None
+    steps_per_epoch = ref_progress[1] // (ref_progress[0] + 1)
+    assert steps_per_epoch > 1  # room to stop inside an epoch
+
+    killed = tmp_path / "killed"
+    last = killed / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(
+        _fit_command(tiny_dataset, killed, *extra), cwd=ROOT, env=_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    import time
+
+    killed_at = None
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            progress = _checkpoint_progress(last) if last.exists() else None
+            mid = progress is not None and progress[1] % steps_per_epoch != 0
+            if progress is not None and progress[0] >= 1 and (where == "epoch_end" or mid):
+                killed_at = progress
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # rank 0 and the rank-1 process it launched
+        proc.wait()
+    assert killed_at is not None and ref_progress is not None
+    assert killed_at[1] < ref_progress[1]
+
+    subprocess.run(
+        _fit_command(tiny_dataset, killed, *extra, "--ckpt_path", str(last)), cwd=ROOT,
+        env=_env(), check=True, timeout=900, capture_output=True,
+    )  # fmt: skip
+    difference = _max_weight_difference(ref_last, last)
+    print(f"[ddp {where}] killed at {killed_at}; reference {ref_progress}; |diff| {difference:.3g}")
+    assert _checkpoint_progress(last) == ref_progress
+    assert difference <= RESUME_TOLERANCE
+
+
+def test_epoch_sampler_shards_one_epoch_order_and_resumes_inside_a_shard() -> None:
+    from medft.data.datamodule import EpochSampler
+
+    whole = list(EpochSampler(11, seed=5))
+    shards = [EpochSampler(11, seed=5, num_replicas=2, rank=r) for r in (0, 1)]
+    drawn = [list(s) for s in shards]
+    assert [len(d) for d in drawn] == [6, 6] == [len(s) for s in shards]
+    assert drawn[0] == whole[0::2] and drawn[1] == [*whole[1::2], whole[0]]  # padded
+    state = shards[1].state_after(4)
+    assert state == {"seed": 5, "size": 11, "replicas": 2, "epoch": 0, "start": 4}
+    resumed = EpochSampler(11, seed=5, num_replicas=2, rank=1)
+    resumed.load_state_dict(state)
+    assert list(resumed) == drawn[1][4:]
+    with pytest.raises(Exception, match="same number of devices"):
+        EpochSampler(11, seed=5).load_state_dict(state)

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from medft._io import write_text
 from medft.data.cache import (
@@ -131,7 +131,7 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
+class EpochSampler(DistributedSampler, Sampler[tuple[int, int]]):
     """Seeded per-epoch order that also hands every sample its augmentation seed.
 
     Yields ``(position, seed)`` pairs drawn from ``numpy.random.default_rng([seed,
@@ -148,13 +148,34 @@ class EpochSampler(Sampler[tuple[int, int]]):
     states to Lightning's checkpoints, so a run resumed from a mid-epoch checkpoint
     sees exactly the rest of that epoch, with the same augmentation seeds.
 
+    Under DDP each process draws its own shard of the same epoch order (``rank``,
+    ``rank + num_replicas``, ...; padded with the first items to equal lengths, as
+    PyTorch's ``DistributedSampler``), so the position inside an epoch is one number for
+    all processes and survives a checkpoint too. It is a ``DistributedSampler`` only so
+    that Lightning uses it as it is instead of wrapping it in its own.
+
     Args:
         size: Number of items in the dataset.
         seed: Base seed (non-negative).
         weights: Optional per-item sampling weights (a weighted draw of ``size`` items).
+        num_replicas: Processes sharing the epoch (DDP world size).
+        rank: This process's shard.
     """
 
-    def __init__(self, size: int, *, seed: int, weights: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        *,
+        seed: int,
+        weights: np.ndarray | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        # DistributedSampler.__init__ is not called: it needs a process group and a dataset.
+        self.num_replicas = max(1, int(num_replicas))
+        self.rank = int(rank)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {self.num_replicas})")
         self.size = int(size)
         self.seed = int(seed) & 0xFFFFFFFF
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
@@ -174,9 +195,9 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        # The whole epoch, also when resuming: Lightning counts the batches it already
-        # saw before the checkpoint and stops the epoch when the total reaches len().
-        return self.size
+        # The whole epoch (this process's shard), also when resuming: Lightning counts the
+        # batches it already saw before the checkpoint and stops the epoch at len().
+        return -(-self.size // self.num_replicas)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, start = self.epoch, self.start
@@ -189,12 +210,21 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self._current = (epoch, start)
         self.passes += 1
         self.epoch, self.start = epoch + 1, 0
-        pairs = zip(order.tolist(), seeds.tolist(), strict=True)
-        return iter(list(pairs)[start:])
+        pairs = list(zip(order.tolist(), seeds.tolist(), strict=True))
+        if self.num_replicas > 1:
+            total = len(self) * self.num_replicas
+            pairs = (pairs + pairs[: total - self.size])[self.rank : total : self.num_replicas]
+        return iter(pairs[start:])
 
     def state_dict(self) -> dict[str, int]:
         """Where the next pass begins: ``epoch`` and ``start`` (plus ``seed`` and ``size``)."""
-        return {"seed": self.seed, "size": self.size, "epoch": self.epoch, "start": self.start}
+        return {**self._identity(), "epoch": self.epoch, "start": self.start}
+
+    def _identity(self) -> dict[str, int]:
+        identity = {"seed": self.seed, "size": self.size}
+        if self.num_replicas > 1:  # absent: one process (also in older checkpoints)
+            identity["replicas"] = self.num_replicas
+        return identity
 
     def state_after(self, consumed: int) -> dict[str, int]:
         """The state that resumes the latest pass after ``consumed`` more of its items.
@@ -203,9 +233,9 @@ class EpochSampler(Sampler[tuple[int, int]]):
         """
         epoch, start = self._current
         position = start + int(consumed)
-        if position >= self.size:
+        if position >= len(self):
             epoch, position = epoch + 1, 0
-        return {"seed": self.seed, "size": self.size, "epoch": epoch, "start": position}
+        return {**self._identity(), "epoch": epoch, "start": position}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue from :meth:`state_dict` / :meth:`state_after` of the same training data.
@@ -220,6 +250,13 @@ class EpochSampler(Sampler[tuple[int, int]]):
                 f"{state['seed']}, this run has {self.size} with seed {self.seed}: resume with "
                 "the same manifest, split, bad-file outcome and seed_everything, or start a "
                 "new run from the checkpoint's weights"
+            )
+        replicas = int(state.get("replicas", 1))
+        if replicas != self.num_replicas and int(state["start"]):
+            raise ConfigError(
+                f"the checkpoint stopped inside an epoch of {replicas} process(es), this run "
+                f"has {self.num_replicas}: resume with the same number of devices, or from an "
+                "epoch-end checkpoint"
             )
         self.epoch = int(state["epoch"])
         self.start = int(state["start"])
@@ -241,9 +278,8 @@ class ResumableDataLoader(DataLoader):
     that count into the next item to draw, so no image of the skipped part is decoded
     again.
 
-    Under DDP Lightning rebuilds the loader around its own distributed sampler wrapper;
-    such a loader behaves like a plain DataLoader (an empty state: a resumed run restarts
-    the interrupted epoch, as plain Lightning does).
+    Under DDP every process counts its own batches; they move in lock step, so the
+    position saved by rank 0 is every process's position in its shard.
     """
 
     _yielded = 0
@@ -267,7 +303,7 @@ class ResumableDataLoader(DataLoader):
             return {}
         if sampler.passes > self._passes_before:  # this loader's pass has begun
             done = self._yielded >= len(self)  # drop_last may leave a few items undrawn
-            consumed = sampler.size if done else self._yielded * int(self.batch_size or 1)
+            consumed = len(sampler) if done else self._yielded * int(self.batch_size or 1)
             state = sampler.state_after(consumed)
         else:
             state = sampler.state_dict()
@@ -546,14 +582,18 @@ class XrayDataModule(L.LightningDataModule):
         rows = self._rows("train")
         dataset = self._dataset(rows, train=True)
         weights = self._sample_weights(rows) if self.weighted_sampler else None
-        sampler = EpochSampler(len(rows), seed=self._order_seed(), weights=weights)
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        sampler = EpochSampler(
+            len(rows), seed=self._order_seed(), weights=weights, num_replicas=replicas, rank=rank
+        )
         if self._resume_order is not None:  # restored from a (mid-epoch) checkpoint
             sampler.load_state_dict(self._resume_order)
             self._resume_order = None
         loader = self._loader(
             dataset,
             sampler=sampler,
-            drop_last=len(rows) > self.batch_size,
+            drop_last=len(sampler) > self.batch_size,
             loader_class=ResumableDataLoader,
         )
         self._train_loader = loader
@@ -576,10 +616,11 @@ class XrayDataModule(L.LightningDataModule):
         before it asks for the training loader, so a run resumed from a mid-epoch
         checkpoint draws exactly the rest of the interrupted epoch.
         """
-        distributed = self.trainer is not None and self.trainer.world_size > 1
-        if isinstance(self._train_loader, ResumableDataLoader) and not distributed:
-            return {"train_order": self._train_loader.state_dict()["sampler"]}
-        return {}  # under DDP the loader in use is Lightning's rebuilt one: epoch-level resume
+        if isinstance(self._train_loader, ResumableDataLoader):
+            state = self._train_loader.state_dict()
+            if state:
+                return {"train_order": state["sampler"]}
+        return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume the training order saved by :meth:`state_dict` (applied to the next loader)."""
