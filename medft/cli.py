@@ -546,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(--checkpoint repeated) or a cross-validation study's fold models (--study).",
         epilog="Example: medft predict --checkpoint best.ckpt --input scans/ --out preds",
     )
-    p.add_argument("--checkpoint", type=Path, action="append", help="a checkpoint (repeatable)")
+    p.add_argument("--checkpoint", action="append", help="a checkpoint (repeatable)")
     p.add_argument("--study", type=Path, default=None, help="a `medft cv` folder: its fold models")
     p.add_argument("--input", required=True, type=Path, help="manifest CSV, folder or image file")
     p.add_argument("--out", required=True, type=Path, help="output folder")
@@ -572,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and returns calibrated probabilities; a JSON sidecar says how to make its input.",
         epilog="Example: medft export --checkpoint best.ckpt --format onnx --out model.onnx",
     )
-    p.add_argument("--checkpoint", required=True, type=Path, help="the checkpoint to export")
+    p.add_argument("--checkpoint", required=True, help="the checkpoint to export")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     p.add_argument("--out", required=True, type=Path, help="output model file")
     p.add_argument("--input-dtype", choices=("auto", "uint8", "uint16"), default="auto",
