@@ -231,3 +231,38 @@ def test_linear_cka_is_one_for_rotated_features_and_lower_for_others() -> None:
     rotation, _ = torch.linalg.qr(torch.randn(16, 16, generator=generator))
     assert linear_cka(x, 3.0 * x @ rotation) == pytest.approx(1.0, abs=1e-9)
     assert linear_cka(x, torch.randn(32, 16, generator=generator)) < 0.8
+
+
+@pytest.mark.slow
+def test_two_process_ddp_fit_with_ema_l2sp_and_meter(tmp_path: Path, fit_args) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from medft.data.synth import synthesize
+    from medft.model.forgetting import CSV_NAME
+
+    data = synthesize(tmp_path / "data", 40, images_per_patient=1, size=64, seed=0, workers=1)
+    args = fit_args(
+        data.labels_csv,
+        tmp_path / "run",
+        *("--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"),
+        *("--model.freeze_gate", "lr", "--model.unfreeze_epoch", "1"),
+        *("--ema.enabled", "true", "--ema.decay", "0.5", "--l2sp.alpha", "0.1"),
+        *("--forgetting.cka", "true"),
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "medft.cli", "fit", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    raw = checkpoint[CHECKPOINT_KEY]["raw"]
+    assert checkpoint[CHECKPOINT_KEY]["updates"] == checkpoint["global_step"] > 0
+    assert any(not torch.equal(checkpoint["state_dict"]["model." + k], v) for k, v in raw.items())
+    rows = (tmp_path / "run" / CSV_NAME).read_text().splitlines()
+    assert len(rows) > 1 and rows[0].startswith("epoch,step,stage,distance")
