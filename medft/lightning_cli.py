@@ -413,7 +413,9 @@ def _checkpoint_bytes(config: Namespace) -> int:
         return 0
     parameters = sum(p.numel() for p in model.parameters())
     buffers = sum(b.numel() for b in model.buffers())
-    return 4 * (parameters * (1 + _OPTIMIZER_STATES) + buffers)
+    # An EMA run (--ema.enabled) saves the averaged and the raw weights.
+    copies = 1 + _OPTIMIZER_STATES + (1 if config.get("ema.enabled") else 0)
+    return 4 * (parameters * copies + buffers)
 
 
 def _checkpoint_files(config: Namespace) -> int:

@@ -68,6 +68,16 @@ def test_ema_checkpoint_holds_the_average_and_evaluates_it(
     for key, value in cli.model.model.state_dict().items():
         assert torch.equal(value, averaged[key]), key
     assert checkpoint["medft"]["averaging"]["method"] == "ema"
+    # The free-space check counts the second copy of the weights.
+    from jsonargparse import Namespace
+
+    from medft.lightning_cli import _checkpoint_bytes
+
+    model = Namespace(backbone="test_efficientnet", labels=["abnormal"])
+    plain = _checkpoint_bytes(Namespace(model=model))
+    with_ema = _checkpoint_bytes(Namespace(model=model, ema=Namespace(enabled=True)))
+    assert with_ema > plain
+    assert 0.75 * ckpt_path.stat().st_size <= with_ema <= 1.25 * ckpt_path.stat().st_size
 
     # What the checkpoint evaluates is the averaged model: the validation loss it logged in
     # the last epoch is the loss of the loaded checkpoint on the validation part.
