@@ -233,8 +233,12 @@ class WeightEMA(L.Callback):
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        """Resume: the model gets the raw weights back; the average is restored at fit start."""
-        if not self.enabled:
+        """Resume: the model gets the raw weights back; the average is restored at fit start.
+
+        Outside ``fit`` (``validate``/``test`` with ``--ckpt_path``) nothing changes: the
+        model keeps the checkpoint's averaged weights.
+        """
+        if not self.enabled or trainer.state.fn != "fit":
             return
         saved = checkpoint.get(CHECKPOINT_KEY)
         prefix = _prefix(pl_module)

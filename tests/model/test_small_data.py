@@ -100,6 +100,21 @@ def test_ema_checkpoint_holds_the_average_and_evaluates_it(
     assert not torch.allclose(averaged_logits, raw_logits, atol=1e-6)
 
 
+def test_validating_an_ema_checkpoint_uses_the_average(
+    tiny_dataset: Path, fit_args, tmp_path: Path
+) -> None:
+    from medft.lightning_cli import run_lightning
+
+    extra = ("--ema.enabled", "true", "--ema.decay", "0.5", "--trainer.max_epochs", "1")
+    cli = _fit(fit_args, tiny_dataset, tmp_path / "run", *extra)
+    ckpt = Path(cli.trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+    averaged = read_checkpoint(ckpt)["state_dict"]
+    args = fit_args(tiny_dataset, tmp_path / "val", *extra)
+    validated = run_lightning("validate", [*args, "--ckpt_path", str(ckpt)])
+    for key, value in validated.model.model.state_dict().items():
+        assert torch.equal(value, averaged["model." + key]), key
+
+
 def test_ema_of_a_frozen_stage_is_its_weights(tiny_dataset: Path, fit_args, tmp_path: Path) -> None:
     cli = _fit(
         fit_args,
