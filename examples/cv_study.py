@@ -9,8 +9,8 @@ Writes cv-study/study/{folds.csv, fold_*/, oof_predictions.csv, summary.json, re
 import argparse
 
 from medft.data.synth import synthesize
-from medft.eval import cv
 from medft.quickstart import recipe_path
+from medft.workflows.cv import run as run_study
 
 parser = argparse.ArgumentParser(description="5-fold cross-validation of the quickstart recipe")
 parser.add_argument("--out", default="cv-study")
@@ -22,6 +22,6 @@ overrides = ["--data.manifest", str(data.labels_csv)]
 if args.smoke:  # a random-weight toy backbone, 64 px, one epoch
     overrides += ["--model.backbone", "test_resnet", "--model.pretrained", "false"]
     overrides += ["--data.image_size", "64", "--data.batch_size", "8", "--trainer.max_epochs", "1"]
-folds = cv.run(recipe_path(), folds=5, out=f"{args.out}/study", overrides=overrides, by=["view"])
+folds = run_study(recipe_path(), folds=5, out=f"{args.out}/study", overrides=overrides, by=["view"])
 print(folds[["fold", "n_images", "auroc_abnormal", "sensitivity_abnormal", "specificity_abnormal"]])
 print(f"report: {args.out}/study/report.html")

@@ -24,6 +24,7 @@ from medft.eval import cv
 from medft.eval.calibration import brier_score, expected_calibration_error
 from medft.eval.metrics import auroc, paired_bootstrap
 from medft.quickstart import recipe_path
+from medft.workflows.cv import run as run_study
 from medft.workflows.predict import predict
 
 parser = argparse.ArgumentParser(description="ensemble and TTA effects on a held-out set")
@@ -53,7 +54,7 @@ if args.smoke:  # a random-weight toy backbone
     overrides += ["--model.backbone", "test_resnet", "--model.pretrained", "false"]
     overrides += ["--data.batch_size", "8"]
 study = out / "study"
-cv.run(recipe_path(), folds=args.folds, out=study, overrides=overrides)
+run_study(recipe_path(), folds=args.folds, out=study, overrides=overrides)
 
 truth = pd.read_csv(held.labels_csv)
 truth["path"] = [str((held.labels_csv.parent / p).resolve()) for p in truth["path"]]

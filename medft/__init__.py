@@ -31,7 +31,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "predict": ("medft.workflows.predict", "predict"),
     "export": ("medft.workflows.export", "export"),
     "evaluate": ("medft.eval.evaluate", "evaluate"),
-    "run_cv": ("medft.eval.cv", "run"),
+    "run_cv": ("medft.workflows.cv", "run"),
     "read_xray": ("medft.data.dicom", "read_xray"),
     "load_manifest": ("medft.data.manifest", "load_manifest"),
     "synthesize": ("medft.data.synth", "synthesize"),

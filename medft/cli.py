@@ -123,6 +123,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_cv(args: argparse.Namespace) -> int:
     from medft.eval import cv
+    from medft.workflows.cv import run as run_study
 
     command, rest = (args.words[0], args.words[1:]) if args.words else ("", [])
     if command == "aggregate" and len(rest) == 1:
@@ -137,7 +138,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     else:
         if args.config is None or args.out is None:
             raise ConfigError("medft cv needs --config X.yaml and --out DIR (see medft cv -h)")
-        cv.run(
+        run_study(
             args.config,
             args.folds,
             args.out,
@@ -232,6 +233,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         include_patient_id=args.include_patient_id,
         device=args.device,
         quiet=args.quiet or None,
+        argv=args.argv,
     )
     print(format_summary(run))
     if args.dicom_out is not None:
@@ -697,6 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if handler is None:  # no command (help, exit 0) or an incomplete one (`medft data`)
             parser.print_help(sys.stderr if argv else sys.stdout)
             return 0 if not argv else 2
+        args.argv = ["medft", *argv]  # the command line run.json records
         status = handler(args)
         _record_run(args, argv)
         return status

@@ -200,11 +200,11 @@ def test_cv_resume_gate_and_pretrained_file_refuse_crafted_files(
     crafted: tuple[str, Path, Path],
 ) -> None:
     from medft.errors import WeightsError
-    from medft.eval.cv import _readable_checkpoint
     from medft.model.backbones import create_backbone
+    from medft.workflows.cv import readable_checkpoint
 
     url, local, marker = crafted
-    assert _readable_checkpoint(local) is False  # cv --resume restarts the fold instead
+    assert readable_checkpoint(local) is False  # cv --resume restarts the fold instead
     for source in (url, local.with_suffix(".pth")):
         if not str(source).startswith("http"):
             local.rename(source)

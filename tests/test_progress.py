@@ -175,15 +175,15 @@ def test_cv_reports_folds_as_lines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """One line per finished fold (fits are stubbed: only the loop's reporting is tested)."""
-    from medft.eval import cv
+    from medft.workflows import cv
 
     ran: list[object] = []
     monkeypatch.setattr(cv, "prepare", lambda *a, **k: {"repeats": 1, "folds": 3})
     monkeypatch.setattr(cv, "study_audit", lambda *a, **k: None)
-    monkeypatch.setattr(cv, "_run_fold", lambda study, out, fid, **k: ran.append(fid))
+    monkeypatch.setattr(cv, "run_fold", lambda study, out, fid, **k: ran.append(fid))
     monkeypatch.setattr(cv, "missing_folds", lambda out: [cv.FoldId(0, 0)])
-    monkeypatch.setattr(cv, "_collect", lambda *a, **k: None)
-    monkeypatch.setattr(cv, "_read_study", lambda out: {"labels": []})
+    monkeypatch.setattr(cv, "collect_predictions", lambda *a, **k: None)
+    monkeypatch.setattr(cv, "read_study", lambda out: {"labels": []})
     monkeypatch.setattr(cv, "fold_metrics", lambda *a: None)
     cv.run("unused.yaml", 3, tmp_path)
     err = capsys.readouterr().err

@@ -15,10 +15,10 @@ def test_every_public_name_resolves_to_its_home() -> None:
     from medft.data.dicom import read_xray
     from medft.data.manifest import load_manifest
     from medft.data.synth import synthesize
-    from medft.eval.cv import run
     from medft.eval.evaluate import evaluate
     from medft.inference import Predictor
     from medft.model.module import XrayClassifier
+    from medft.workflows.cv import run
     from medft.workflows.export import export
     from medft.workflows.predict import predict
 

@@ -50,6 +50,7 @@ from medft.data.cache import (
     make_cache,
 )
 from medft.data.manifest import UNCERTAIN_POLICIES, Manifest, load_manifest
+from medft.data.seen import SeenPatients, data_fingerprint
 from medft.data.splits import (
     align_assignment,
     check_no_leakage,
@@ -576,6 +577,18 @@ class XrayDataModule(L.LightningDataModule):
                 "skipped": sum(1 for row in self._bad_rows if split[row] == part),
             }
         return summary
+
+    def seen_patients(self) -> SeenPatients:
+        """Salted keys of the training and validation patients, for the checkpoint.
+
+        Lets ``medft evaluate`` and ``medft predict`` warn when a manifest holds patients the
+        model learned from or was selected on (see :mod:`medft.data.seen`).
+        """
+        manifest = self._get_manifest()
+        ids = manifest.table["patient_id"]
+        parts = {part: ids.iloc[self._rows(part)].astype(str) for part in ("train", "val")}
+        used = manifest.table.iloc[np.concatenate([self._rows("train"), self._rows("val")])]
+        return SeenPatients.from_ids(parts, fingerprint=data_fingerprint(used, manifest.labels))
 
     # ----------------------------------------------------------- dataloaders
     def train_dataloader(self) -> DataLoader:

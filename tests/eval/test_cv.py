@@ -23,6 +23,7 @@ from medft.data.splits import check_no_leakage, read_assignment
 from medft.errors import ConfigError, DataError
 from medft.eval import cv
 from medft.eval.metrics import auroc, cluster_bootstrap, rate_at
+from medft.workflows import cv as study_runner
 
 LABELS = ["Effusion", "Nodule"]
 N_BOOT = 100
@@ -231,9 +232,9 @@ def test_study_audit_runs_once_and_its_warning_reaches_the_summary(
     def no_second_audit(*args, **kwargs):
         raise AssertionError("the study audit ran twice")
 
-    monkeypatch.setattr("medft.data.audit.audit_manifest", no_second_audit)
+    monkeypatch.setattr("medft.eval.study.audit_manifest", no_second_audit)
     assert cv.study_audit(out, say=said.append) == warning  # read back, not recomputed
-    assert cv._fold_args(cv._read_study(out), out, cv.FoldId(0, 0), out / "f")[2:4] == [
+    assert study_runner._fold_args(cv.read_study(out), out, cv.FoldId(0, 0), out / "f")[2:4] == [
         "--data.audit", "false"
     ]  # fmt: skip
 
@@ -297,7 +298,9 @@ def test_compare_refuses_different_folds(tmp_path: Path, manifest: Path, study: 
 
 def test_run_refuses_a_fold_out_of_range(tmp_path: Path, manifest: Path) -> None:
     with pytest.raises(ConfigError, match="--fold 5"):
-        cv.run(_config(tmp_path, manifest), folds=3, out=tmp_path / "s", fold=5, quiet=True)
+        study_runner.run(
+            _config(tmp_path, manifest), folds=3, out=tmp_path / "s", fold=5, quiet=True
+        )
 
 
 def test_interrupted_fold_needs_resume(tmp_path: Path, manifest: Path) -> None:
@@ -307,7 +310,7 @@ def test_interrupted_fold_needs_resume(tmp_path: Path, manifest: Path) -> None:
     partial.mkdir()
     (partial / "splits.csv").write_text("path\n")
     with pytest.raises(ConfigError, match="--resume"):
-        cv.run(_config(tmp_path, manifest), folds=3, out=out, fold=0, quiet=True)
+        study_runner.run(_config(tmp_path, manifest), folds=3, out=out, fold=0, quiet=True)
 
 
 def test_cli_cv_needs_config_and_out(capsys: pytest.CaptureFixture[str]) -> None:
@@ -345,7 +348,7 @@ def test_five_fold_study_end_to_end(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     config = _training_config(tmp_path, 20, epochs=1)
     out = tmp_path / "study"
-    table = cv.run(config, folds=5, out=out, n_boot=N_BOOT, by=["view"], quiet=True)
+    table = study_runner.run(config, folds=5, out=out, n_boot=N_BOOT, by=["view"], quiet=True)
     assert list(table["fold"]) == [0, 1, 2, 3, 4]
     summary = json.loads((out / "summary.json").read_text())
     oof = pd.read_csv(out / "oof_predictions.csv", dtype={"patient_key": str})
@@ -403,20 +406,20 @@ def test_sigkill_mid_fold_then_resume(tmp_path: Path) -> None:
     fold0_predictions = (out / "fold_0" / "predictions.csv").stat().st_mtime_ns
 
     with pytest.raises(ConfigError, match="--resume"):
-        cv.run(config, folds=3, out=out, n_boot=50, quiet=True)
-    cv.run(config, folds=3, out=out, n_boot=50, resume=True, quiet=True)
+        study_runner.run(config, folds=3, out=out, n_boot=50, quiet=True)
+    study_runner.run(config, folds=3, out=out, n_boot=50, resume=True, quiet=True)
     assert (out / "fold_0" / cv.DONE).read_text() == fold0  # kept, not repeated
     assert (out / "fold_0" / "predictions.csv").stat().st_mtime_ns == fold0_predictions
     resumed = json.loads((out / "fold_1" / cv.DONE).read_text())
     if resumed["resumed_from"] is None:  # killed while last.ckpt was half written
-        assert not cv._readable_checkpoint(last) or resumed["epochs"] == 3
+        assert not study_runner.readable_checkpoint(last) or resumed["epochs"] == 3
     else:
         assert resumed["resumed_from"] == "checkpoints/last.ckpt"
     oof = pd.read_csv(out / "oof_predictions.csv")
     assert oof["path"].is_unique and set(oof["fold"]) == {0, 1, 2}
 
     reference = tmp_path / "uninterrupted"
-    cv.run(config, folds=3, out=reference, n_boot=50, quiet=True)
+    study_runner.run(config, folds=3, out=reference, n_boot=50, quiet=True)
     expected = pd.read_csv(reference / "oof_predictions.csv")
     merged = oof.merge(expected, on="path", suffixes=("", "_ref"))
     assert len(merged) == len(oof) == len(expected)
