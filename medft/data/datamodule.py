@@ -640,6 +640,24 @@ class XrayDataModule(L.LightningDataModule):
         order = state_dict.get("train_order")
         self._resume_order = dict(order) if order else None
 
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        """Move a batch's tensors (non-blocking on CUDA, where the loader pins them).
+
+        Lightning's generic transfer walks every element of the batch, the ``path`` strings
+        too; a medft batch is a flat dict, so only its tensors are visited.
+        """
+        if not isinstance(batch, dict):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        non_blocking = device.type == "cuda"
+        return {
+            key: value.to(device, non_blocking=non_blocking)
+            if isinstance(value, torch.Tensor)
+            else value
+            for key, value in batch.items()
+        }
+
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Record files dropped mid-epoch (``cache="none"``) and remove them from the batch."""
         if isinstance(batch, dict) and "skipped" in batch:

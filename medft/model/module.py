@@ -360,24 +360,6 @@ class XrayClassifier(L.LightningModule):
         self._log_every = int(self.trainer.log_every_n_steps or 0)
         self._next_step = int(self.trainer.global_step)
 
-    def transfer_batch_to_device(
-        self, batch: Any, device: torch.device, dataloader_idx: int
-    ) -> Any:
-        """Move a medft batch's tensors (non-blocking on CUDA: the loader pins them).
-
-        Lightning's generic transfer walks every element of the batch, the ``path`` strings
-        too; a medft batch is a flat dict, so only its tensors are visited.
-        """
-        if not isinstance(batch, dict):
-            return super().transfer_batch_to_device(batch, device, dataloader_idx)
-        non_blocking = device.type == "cuda"
-        return {
-            key: value.to(device, non_blocking=non_blocking)
-            if isinstance(value, torch.Tensor)
-            else value
-            for key, value in batch.items()
-        }
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         if len(batch["image"]) == 0:  # every file of this batch was unreadable and skipped
             return None

@@ -127,7 +127,7 @@ def test_fit_logs_the_loss_every_n_steps_and_per_epoch(
 
 
 def test_batch_transfer_moves_tensors_and_leaves_paths_alone() -> None:
-    model = _model()
+    model = XrayDataModule("unused.csv")
     paths = ["a.dcm", "b.dcm"]
     batch = {"image": torch.zeros(2, 1, 4, 4, dtype=torch.uint8), "label": torch.zeros(2, 1),
              "index": torch.arange(2), "path": paths}  # fmt: skip
