@@ -37,6 +37,7 @@ from medft.model.features import (
     train_data_identity,
 )
 from medft.model.finetune import FinetuneSchedule
+from medft.provenance import software_versions
 
 TASKS = ("binary", "multilabel", "multiclass")
 _COMPACT_SCALES = {torch.uint8: 255.0, torch.uint16: 65535.0}
@@ -510,9 +511,13 @@ class XrayClassifier(L.LightningModule):
             }
         )
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        for key in ("image_size", "fit_mode"):
+        for key in ("image_size", "fit_mode", "cache_dtype"):
             if datamodule is not None and hasattr(datamodule, key):
                 medft[key] = getattr(datamodule, key)
+        seen = self._seen_patients(datamodule)
+        if seen is not None:
+            medft["seen_patients"] = seen
+        medft["software"] = software_versions()
         warning = getattr(datamodule, "audit_warning", None) if datamodule is not None else None
         if warning:
             medft["audit"] = {"warnings": [str(warning)]}
@@ -523,6 +528,19 @@ class XrayClassifier(L.LightningModule):
 
         # Random state (dropout, stochastic depth) so a resumed run continues the same draws.
         checkpoint["medft_rng"] = {"torch": torch.get_rng_state()}
+
+    def _seen_patients(self, datamodule: Any) -> dict[str, Any] | None:
+        """The datamodule's salted patient record, computed once per run (one salt per run)."""
+        if datamodule is None or not hasattr(datamodule, "seen_patients"):
+            return None
+        cached = getattr(self, "_seen_record", None)
+        if cached is None:
+            try:
+                cached = datamodule.seen_patients().to_checkpoint()
+            except Exception:  # provenance is informative, never worth failing a save over
+                return None
+            self._seen_record = cached
+        return cached
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the freezing schedule (checked against this config) and the RNG state."""
