@@ -59,7 +59,7 @@ def write_checkpoint(path: Path, backbone: str = BACKBONE, image_size: int = 224
         "state_dict": model.state_dict(),
         "hyper_parameters": dict(model.hparams),
         "medft": {"labels": LABELS, "task": "multilabel", "backbone": backbone,
-                  "image_size": image_size, "fit_mode": "pad"},
+                  "image_size": image_size, "fit_mode": "pad", "cache_dtype": "uint8"},
     }  # fmt: skip
     torch.save(checkpoint, path)
     return path
