@@ -3,8 +3,9 @@
 Lightning's learning-rate finder (``LearningRateFinder``, the callback behind
 ``Tuner.lr_find``) trains for ``steps`` optimizer steps while the learning rate grows
 exponentially from ``min_lr`` to ``max_lr``, records the smoothed training loss, stops early
-when the loss diverges, restores the model, and suggests the rate where the loss falls
-fastest. medft runs it for the two phases of a fine-tuning recipe:
+when the loss diverges and restores the model. medft debiases Lightning's smoothed loss
+(:func:`debias`) and suggests the rate of the steepest fall per decade (:func:`suggest`).
+It runs the test for the two phases of a fine-tuning recipe:
 
 - ``head``: only the classifier trains on the frozen pretrained backbone (what
   ``freeze_unfreeze``/``gradual`` do for ``unfreeze_epoch`` epochs, and ``linear_probe``
@@ -34,7 +35,7 @@ from lightning.pytorch.callbacks import LearningRateFinder
 from medft._io import write_bytes, write_json
 from medft.errors import ConfigError
 
-__all__ = ["PHASES", "LrFindResult", "find_learning_rates", "format_results"]
+__all__ = ["PHASES", "LrFindResult", "debias", "find_learning_rates", "format_results", "suggest"]
 
 PHASES = ("head", "unfrozen")
 
@@ -78,6 +79,29 @@ def _scale_steps(optimizer: torch.optim.Optimizer) -> None:
     optimizer.step = types.MethodType(step, optimizer)  # type: ignore[method-assign]
 
 
+SMOOTHING = 0.98
+"""The loss smoothing of Lightning's range test (its ``_LRCallback.beta``)."""
+
+
+def debias(smoothed: list[float], start_step: int = 0, beta: float = SMOOTHING) -> list[float]:
+    """Undo an off-by-one in the bias correction of Lightning's smoothed loss.
+
+    Lightning divides its running average after ``k + 1`` updates by ``1 − β^(k + 2)``
+    (it reads ``global_step`` after the optimizer step has counted), not ``1 − β^(k + 1)``,
+    so the first points read about half the loss and the curve climbs for ~1/(1 − β) = 50
+    steps whatever the rate, which the steepest-descent suggestion mistakes for signal. This
+    rescales each point to the usual correction. ``start_step`` is the trainer's step count
+    before the sweep (0 for a fresh trainer). Non-finite points are kept as they are.
+    """
+    out = []
+    for index, value in enumerate(smoothed):
+        updates = index + 1 + start_step
+        wrong = 1.0 - beta ** (updates + 1)
+        right = 1.0 - beta**updates
+        out.append(value * wrong / right if math.isfinite(value) else value)
+    return out
+
+
 def _range_test(
     cli: Any, *, min_lr: float, max_lr: float, steps: int, early_stop: float | None
 ) -> tuple[list[float], list[float], float | None]:
@@ -95,10 +119,33 @@ def _range_test(
     if result is None:
         raise ConfigError("the learning-rate finder did not run (no training batches?)")
     lrs = [float(v) for v in result.results.get("lr", [])]
-    losses = [float(v) for v in result.results.get("loss", [])]
-    skip = min(10, max(0, len(lrs) // 10))
-    suggestion = result.suggestion(skip_begin=skip) if len(lrs) > skip + 3 else None
-    return lrs, losses, None if suggestion is None else float(suggestion)
+    losses = debias(
+        [float(v) for v in result.results.get("loss", [])], start_step=cli.trainer.global_step
+    )
+    return lrs, losses, suggest(lrs, losses)
+
+
+def suggest(
+    lrs: Sequence[float], losses: Sequence[float], skip_begin: int = 10, skip_end: int = 1
+) -> float | None:
+    """The rate where the loss falls fastest against ``log(lr)`` (None with too few points).
+
+    Lightning's own suggestion differentiates against the rate itself, whose tiny spacing at
+    the low end lets noise there win; per decade of rate the steepest fall is where
+    training speeds up most. The first ``skip_begin`` and last ``skip_end`` points are
+    left out, as Lightning does.
+    """
+    points = [
+        (math.log10(lr), loss)
+        for lr, loss in list(zip(lrs, losses, strict=True))[skip_begin : len(lrs) - skip_end]
+        if lr > 0 and math.isfinite(loss)
+    ]
+    if len(points) < 3:
+        return None
+    x = torch.tensor([p[0] for p in points], dtype=torch.float64)
+    y = torch.tensor([p[1] for p in points], dtype=torch.float64)
+    slope = torch.gradient(y, spacing=[x])[0]
+    return float(10 ** x[int(torch.argmin(slope))])
 
 
 def find_learning_rates(

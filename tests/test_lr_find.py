@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,27 @@ def test_lr_find_refuses_unknown_phases_and_bad_ranges(tmp_path: Path) -> None:
         find_learning_rates("x.yaml", tmp_path, phases=["middle"])
     with pytest.raises(ConfigError, match="min_lr"):
         find_learning_rates("x.yaml", tmp_path, min_lr=1.0, max_lr=0.1)
+
+
+def test_debias_recovers_a_constant_loss_from_lightnings_smoothing() -> None:
+    from medft.lr_find import SMOOTHING, debias
+
+    beta, average, smoothed = SMOOTHING, 0.0, []
+    for step in range(1, 61):  # Lightning's formula: global_step already counts this update
+        average = beta * average + (1 - beta) * 0.7
+        smoothed.append(average / (1 - beta ** (step + 1)))
+    assert smoothed[0] == pytest.approx(0.7 / (1 + beta))  # half the loss at the first step
+    assert debias(smoothed) == pytest.approx([0.7] * 60)
+
+
+def test_suggestion_is_the_steepest_fall_per_decade() -> None:
+    from medft.lr_find import suggest
+
+    lrs = [10 ** (-6 + 6 * i / 59) for i in range(60)]
+    # Flat, then a fall centred at 1e-2, then divergence; tiny noise at the low end.
+    losses = [
+        0.5 - 0.3 / (1 + math.exp(-(math.log10(lr) + 2) * 4)) + 1e-4 * (-1) ** i
+        for i, lr in enumerate(lrs)
+    ]
+    losses[-3:] = [0.5, 0.9, 2.0]
+    assert suggest(lrs, losses) == pytest.approx(1e-2, rel=0.3)
