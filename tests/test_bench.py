@@ -100,7 +100,12 @@ def test_cli_bench_runs_a_real_quick_benchmark(tmp_path: Path, capsys) -> None:
     assert cli_main(["bench", "--out", str(tmp_path), "--quick", "--only", "inference",
                      "--threads", "1"]) == 0  # fmt: skip
     names = [row["name"] for row in json.loads((tmp_path / "bench.json").read_text())]
-    assert names == ["inference/predict", "inference/channels_last", "inference/bf16_autocast"]
+    assert names == [
+        "inference/predict",
+        "inference/predictor",
+        "inference/channels_last",
+        "inference/bf16_autocast",
+    ]
     assert "inference/predict" in capsys.readouterr().out
 
 
