@@ -68,7 +68,7 @@ from medft.data.transforms import (
     build_transforms,
     prefix_config,
 )
-from medft.errors import ConfigError, DicomReadError, MedftError
+from medft.errors import ConfigError, DataError, DicomReadError, MedftError
 
 __all__ = [
     "BAD_FILE_POLICIES",
@@ -527,6 +527,14 @@ class XrayDataModule(L.LightningDataModule):
         else:
             parts = _PARTS
         self._decode(parts)
+        if stage == "fit" and not len(self._rows("train")):
+            split = self._get_split()
+            counts = {part: int((split == part).sum()) for part in _PARTS}
+            raise DataError(
+                f"{self.manifest_source}: no readable training images (rows per part: "
+                f"{counts}; {len(self._bad_rows)} unreadable). Fit needs rows in 'train': "
+                "check the manifest's split column, data.split_file/data.fold, or the files"
+            )
 
     def _run_quick_audit(self) -> None:
         """A seconds-long shortcut audit of the manifest before training (headers only).

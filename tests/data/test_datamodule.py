@@ -19,7 +19,7 @@ from PIL import Image
 from medft.data import dicom
 from medft.data.datamodule import EpochSampler, XrayDataModule
 from medft.data.splits import read_assignment, write_assignment
-from medft.errors import ConfigError, DicomReadError, LeakageError
+from medft.errors import ConfigError, DataError, DicomReadError, LeakageError
 
 SIZE = 16
 N_PATIENTS = 12
@@ -120,6 +120,18 @@ def test_split_is_written_and_reused(manifest: Path, tmp_path: Path) -> None:
     same_seed = _module(manifest, tmp_path / "third")
     same_seed.setup("test")
     assert _paths(same_seed.test_dataloader()) == _paths(dm.test_dataloader())
+
+
+def test_fit_with_no_training_rows_is_one_clear_error(manifest: Path, tmp_path: Path) -> None:
+    """A manifest whose split column says test everywhere used to crash in a reshape."""
+    table = pd.read_csv(manifest)
+    only_test = manifest.parent / "only_test.csv"  # paths are relative to the CSV
+    table.assign(split="test").to_csv(only_test, index=False)
+    dm = _module(only_test, tmp_path)
+    with pytest.raises(DataError, match=r"no readable training images.*'test': \d+"):
+        dm.setup("fit")
+    dm.setup("test")  # testing such a manifest is fine
+    assert len(_paths(dm.test_dataloader())) == len(table)
 
 
 def test_patient_overlap_is_refused_unless_allowed(manifest: Path, tmp_path: Path) -> None:
