@@ -22,6 +22,7 @@ from pydicom.uid import UID, generate_uid
 
 from medft import __version__
 from medft.errors import ConfigError, DicomReadError
+from medft.inference import checkpoint_sha256
 
 #: Shown on every capture and in every result series' description.
 RESEARCH_BANNER = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
@@ -147,12 +148,8 @@ class ModelInfo:
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex SHA-256 of a file (the Predictor's checkpoint hash, so both name it alike)."""
+    return checkpoint_sha256(path)
 
 
 def read_source(path: str | Path) -> Dataset:
