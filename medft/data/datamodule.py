@@ -361,7 +361,8 @@ class XrayDataModule(L.LightningDataModule):
             (inverse frequency) instead of shuffling.
         on_bad_file: ``skip`` unreadable files (listed in ``skipped_files.csv``) or
             ``fail`` at the first one, before training starts.
-        predict_split: What ``predict`` covers: ``test`` or ``all`` manifest images.
+        predict_split: What ``trainer.predict`` (Python API) covers: ``test`` or ``all`` images;
+            the ``medft predict`` command scores files with the Predictor instead.
         run_dir: Where ``splits.csv`` and ``skipped_files.csv`` go (the CLI links it
             to ``trainer.default_root_dir``); ``None`` writes nothing.
         allow_patient_overlap: Accept a split in which a patient is in two parts
