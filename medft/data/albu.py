@@ -16,6 +16,7 @@ from typing import Any
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # never phone home for a version check
 
 import albumentations as A
+import lightning.pytorch  # noqa: F401  (before MONAI; see medft.model's docstring)
 import numpy as np
 import torch
 from monai.config import KeysCollection

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch  # noqa: F401  (before MONAI; see medft.model's docstring)
 import numpy as np
 import torch
 from monai.transforms import Compose

@@ -24,6 +24,7 @@ from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import lightning.pytorch  # noqa: F401  (before MONAI; see medft.model's docstring)
 import numpy as np
 import torch
 from monai.config import KeysCollection

@@ -35,6 +35,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import lightning.pytorch  # noqa: F401  (before MONAI; see medft.model's docstring)
 import torch
 import torch.nn.functional as F
 from monai.transforms import Compose, Randomizable
