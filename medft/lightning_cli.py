@@ -12,6 +12,7 @@ import errno
 import os
 import shutil
 import signal
+import typing
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -515,11 +516,34 @@ def _top_level_keys(path: str) -> list[str]:
     return [str(key) for key in loaded] if isinstance(loaded, dict) else []
 
 
+def int_first_trainer_limits() -> list[str]:
+    """Put ``int`` before ``float`` again in the Trainer's ``Union[int, float]`` arguments.
+
+    ``typing`` caches ``Optional[Union[...]]`` by an inner Union that compares equal in any
+    order, so a library imported before Lightning (MONAI creates ``Optional[Union[float,
+    int]]``) can leave ``Trainer(limit_train_batches=...)`` annotated float-first; jsonargparse
+    then reads ``--trainer.limit_train_batches 1`` as ``1.0``, the whole epoch. A flat
+    ``Union[int, float, None]`` is cached under its own order, so rebuilding it is exact.
+
+    Returns:
+        The names of the arguments that were repaired (empty when none needed it).
+    """
+    annotations = Trainer.__init__.__annotations__
+    repaired = []
+    for name, annotation in list(annotations.items()):
+        args = typing.get_args(annotation)
+        if typing.get_origin(annotation) is typing.Union and args[:2] == (float, int):
+            annotations[name] = typing.Union[(int, float, *args[2:])]
+            repaired.append(name)
+    return repaired
+
+
 def run_lightning(
     subcommand: str, argv: Sequence[str], *, run: bool = True, extra_defaults: dict | None = None
 ) -> MedftLightningCLI:
     """Run ``fit``/``validate``/``test``/``predict`` in-process with the given CLI arguments."""
     _refuse_optimizer_replacement(argv)
+    int_first_trainer_limits()
     defaults = trainer_defaults()
     if extra_defaults:
         defaults.update(extra_defaults)
