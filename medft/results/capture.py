@@ -24,13 +24,12 @@ from pydicom.uid import ExplicitVRLittleEndian
 from medft._io import atomic_path
 from medft.errors import ConfigError
 from medft.results.common import (
-    MANUFACTURER,
     RESEARCH_BANNER,
     FindingResult,
     ModelInfo,
     check_findings,
     read_source,
-    result_uid,
+    series_identity,
 )
 
 __all__ = [
@@ -153,20 +152,9 @@ def build_capture(
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        series_instance_uid=result_uid(
-            "sc-series", source.StudyInstanceUID, model.checkpoint_sha256
-        ),
-        series_number=CAPTURE_SERIES_NUMBER,
-        sop_instance_uid=result_uid(
-            "sc", source.SOPInstanceUID, model.checkpoint_sha256, content_key
-        ),
-        instance_number=int(source.get("InstanceNumber") or 1),
-        manufacturer=MANUFACTURER,
         patient_orientation=tuple(orientation) if known else ("L", "F"),
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        manufacturer_model_name=model.name[:64],
-        software_versions=f"medft {model.version}",
-        series_description=f"{RESEARCH_BANNER} medft"[:64],
+        **series_identity("sc", source, model, content_key, CAPTURE_SERIES_NUMBER),
     )
     if not known:
         sc.PatientOrientation = None  # Type 2: empty = unknown (the source does not say)

@@ -181,6 +181,34 @@ def result_uid(*parts: Any) -> UID:
     return generate_uid(entropy_srcs=["medft-results", *map(str, parts)])
 
 
+def series_identity(
+    kind: str,
+    source: Dataset,
+    model: ModelInfo,
+    content_key: Any,
+    series_number: int,
+) -> dict[str, Any]:
+    """Keyword arguments every result object shares: series, instance and device identity.
+
+    ``kind`` (``"sr"`` or ``"sc"``) keeps the two result series apart; the UIDs derive from
+    the source, the checkpoint and the content, so a re-run replaces instead of duplicating.
+    """
+    return {
+        "series_instance_uid": result_uid(
+            f"{kind}-series", source.StudyInstanceUID, model.checkpoint_sha256
+        ),
+        "series_number": series_number,
+        "sop_instance_uid": result_uid(
+            kind, source.SOPInstanceUID, model.checkpoint_sha256, content_key
+        ),
+        "instance_number": int(source.get("InstanceNumber") or 1),
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": model.name[:64],
+        "software_versions": f"medft {model.version}",
+        "series_description": f"{RESEARCH_BANNER} medft"[:64],
+    }
+
+
 def check_findings(findings: Sequence[FindingResult]) -> list[FindingResult]:
     """At least one finding, names unique; returns them as a list."""
     findings = list(findings)

@@ -36,12 +36,12 @@ from medft.errors import DicomReadError
 from medft.results.common import (
     CODING_SCHEME,
     MANUFACTURER,
-    RESEARCH_BANNER,
     FindingResult,
     ModelInfo,
     check_findings,
     read_source,
     result_uid,
+    series_identity,
 )
 
 __all__ = ["SR_SERIES_NUMBER", "SrFinding", "build_sr", "read_sr", "write_sr"]
@@ -163,18 +163,7 @@ def build_sr(
     sr = hd.sr.ComprehensiveSR(
         evidence=[source],
         content=report[0],
-        series_instance_uid=result_uid(
-            "sr-series", source.StudyInstanceUID, model.checkpoint_sha256
-        ),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=result_uid(
-            "sr", source.SOPInstanceUID, model.checkpoint_sha256, content_key
-        ),
-        instance_number=int(source.get("InstanceNumber") or 1),
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=model.name[:64],
-        software_versions=f"medft {model.version}",
-        series_description=f"{RESEARCH_BANNER} medft"[:64],
+        **series_identity("sr", source, model, content_key, SR_SERIES_NUMBER),
         is_complete=True,
         is_final=False,
         is_verified=False,
