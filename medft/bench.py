@@ -5,17 +5,18 @@ batch, threads and data, with warm-up excluded and the two interleaved repeat by
 so machine load hits both alike. It reports the ratio medft / reference (the number that
 survives a shared, noisy machine) with the min and median of the repeats.
 
-The benchmarks themselves live in the repository's ``benchmarks/`` scripts (they are
-tools, not library code); :func:`run_benchmarks` loads their registry from
-``benchmarks/run_all.py``. This module holds what they share: the interleaved timer,
-the result record, the machine summary, the table printer and the JSON writer.
+The benchmarks themselves are the modules of :mod:`medft.benchmarks` (tools, not library
+code: only this module imports them, and only when a run starts); :func:`run_benchmarks`
+takes its list from :mod:`medft.benchmarks.registry`. This module holds what they share:
+the interleaved timer, the result record, the machine summary, the table printer and the
+JSON writer.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
+import importlib
 import os
 import platform
 import statistics
@@ -31,7 +32,6 @@ from medft._io import check_output_dir, write_json
 from medft.errors import ConfigError
 
 BENCH_JSON = "bench.json"
-SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
 BenchFn = Callable[[bool], list["BenchResult"]]
 
@@ -217,28 +217,28 @@ def write_results(
     )
 
 
-def load_script(stem: str, folder: Path = SCRIPTS_DIR) -> ModuleType:
-    """Import ``folder/<stem>.py`` (a benchmark script) as module ``medft_bench_<stem>``."""
-    path = folder / f"{stem}.py"
-    if not path.is_file():
-        raise ConfigError(
-            f"benchmark script {path} not found; `medft bench` runs from a source checkout "
-            "of medft (the benchmarks/ folder is not part of the installed package)"
-        )
-    name = f"medft_bench_{stem}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+def load_benchmark(name: str) -> ModuleType:
+    """The benchmark module ``medft.benchmarks.<name>``, imported on first use.
+
+    Importing one only when its benchmark runs keeps ``medft bench --only inference`` from
+    loading what the others need (Lightning, the demo's Gradio).
+    """
+    try:
+        return importlib.import_module(f"medft.benchmarks.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"medft.benchmarks.{name}":
+            raise  # a dependency of the benchmark is missing, not the benchmark
+        raise ConfigError(f"no benchmark module medft.benchmarks.{name}") from exc
+
+
+load_script = load_benchmark  # the former name (tests/test_demo_load.py uses it)
 
 
 def benchmark_registry() -> dict[str, BenchFn]:
-    """Benchmark name -> ``fn(quick) -> results``, from ``benchmarks/run_all.py``."""
-    return dict(load_script("run_all").BENCHMARKS)
+    """Benchmark name -> ``fn(quick) -> results``: ``BENCHMARKS`` of the registry module."""
+    from medft.benchmarks.registry import BENCHMARKS
+
+    return dict(BENCHMARKS)
 
 
 def run_benchmarks(
@@ -252,14 +252,15 @@ def run_benchmarks(
 ) -> list[BenchResult]:
     """Run the (selected) benchmarks, print the table and write ``out/bench.json``.
 
+    On a shared, overloaded machine ``threads=1`` is far steadier: a parallel region waits
+    for its slowest thread, and a descheduled thread stalls them all.
+
     Args:
         out: Folder for ``bench.json`` (created).
         quick: Tiny sizes for a smoke run (minutes); the numbers are then indicative only.
         only: Names of the benchmarks to run (default: all).
         registry: Benchmarks to choose from (default: :func:`benchmark_registry`).
         threads: torch intra-op threads for every benchmark (default: torch's choice).
-            On a shared, overloaded machine 1 thread is far steadier: a parallel region
-            waits for its slowest thread, and a descheduled thread stalls them all.
         echo: Where progress lines and the table go (default: stdout, flushed).
 
     Returns:
@@ -310,7 +311,7 @@ def run_scale_benchmark(
     """The scale benchmark (``medft bench --scale``): pipeline time and peak RSS vs data size.
 
     Kept out of the 20-minute :func:`run_benchmarks` run: synthesizing and decoding 16k
-    images takes far longer on a small box. See ``benchmarks/scale.py``.
+    images takes far longer on a small box. See :mod:`medft.benchmarks.scale`.
 
     Args:
         out: Folder for ``bench.json`` and, while it runs, the synthetic data.
@@ -323,10 +324,11 @@ def run_scale_benchmark(
     """
     check_output_dir(out)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    script = load_script("scale")
-    return script.run_scale(
+    from medft.benchmarks import scale
+
+    return scale.run_scale(
         out,
-        script.DEFAULT_SIZES if sizes is None else sizes,
+        scale.DEFAULT_SIZES if sizes is None else sizes,
         keep=keep,
         echo=echo or functools.partial(print, flush=True),
     )
@@ -335,7 +337,7 @@ def run_scale_benchmark(
 def standalone_main(
     run: Callable[[bool], list[BenchResult]], description: str, argv: list[str] | None = None
 ) -> int:
-    """The command line every benchmark script shares: ``[--quick] [--out DIR]``."""
+    """The command line every benchmark module shares: ``[--quick] [--out DIR]``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="tiny data set")
     parser.add_argument("--out", type=Path, help="folder for bench.json")

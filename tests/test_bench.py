@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +18,7 @@ from medft.bench import (
     Timing,
     benchmark_registry,
     format_table,
+    load_benchmark,
     machine_summary,
     rate_result,
     run_benchmarks,
@@ -20,6 +26,8 @@ from medft.bench import (
 )
 from medft.cli import main as cli_main
 from medft.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_time_interleaved_calls_in_order_and_excludes_warmup() -> None:
@@ -89,6 +97,33 @@ def test_registry_lists_every_issue_benchmark() -> None:
     assert {"fit", "decode", "check", "cache", "freezing", "inference", "saliency"} <= names
 
 
+def test_registry_modules_are_importable_by_name() -> None:
+    assert load_benchmark("inference").__name__ == "medft.benchmarks.inference"
+    with pytest.raises(ConfigError, match=r"medft\.benchmarks\.nope"):
+        load_benchmark("nope")
+
+
+def test_import_medft_leaves_the_benchmarks_alone() -> None:
+    """The benchmarks are tools: importing medft, its bench helpers or its CLI loads none."""
+    code = (
+        "import sys, medft, medft.bench, medft.cli\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('medft.benchmarks'))\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_saliency_benchmark_runs_without_grad_cam(monkeypatch, capsys) -> None:
+    """grad-cam is a dev dependency: an installed medft times its own Grad-CAM without it."""
+    from medft.benchmarks import saliency_latency
+
+    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # import raises ImportError
+    row = saliency_latency.measure("test_efficientnet", 1, False)
+    assert "pytorch_grad_cam" not in row and row["gradcam"] > 0
+    saliency_latency.print_table([row])
+    assert "gradcam_all" in capsys.readouterr().out
+
+
 def test_machine_summary_has_versions() -> None:
     summary = machine_summary()
     assert summary["cpu_count"] >= 1 and summary["torch"] and summary["timm"]
@@ -136,9 +171,8 @@ def test_cli_bench_scale_passes_sizes_and_keep(tmp_path: Path, monkeypatch) -> N
 
 
 def test_scale_rows_judge_cpu_per_image_and_rss_growth() -> None:
-    from medft.bench import load_script
+    from medft.benchmarks import scale as script
 
-    script = load_script("scale")
     sizes = [
         _size_result(script, 1000, 10.0, 5.0, 1000.0),
         _size_result(script, 4000, 44.0, 26.0, 1010.0),  # 1.10x and 1.30x per image
@@ -160,9 +194,8 @@ def test_scale_meter_sees_cpu_and_memory_of_children(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from medft.bench import load_script
+    from medft.benchmarks import scale as script
 
-    script = load_script("scale")
     if not Path("/proc/self/status").exists():
         pytest.skip("needs Linux /proc")
     burn = "import sys, time\nx = bytearray(64 * 2**20)\nt = time.process_time()\n"
@@ -182,10 +215,10 @@ def test_scale_meter_sees_cpu_and_memory_of_children(tmp_path: Path) -> None:
 
 
 def test_scale_refuses_sizes_below_two_batches(tmp_path: Path) -> None:
-    from medft.bench import load_script
+    from medft.benchmarks import scale
 
     with pytest.raises(ConfigError, match="scale-sizes"):
-        load_script("scale").run_scale(tmp_path, [10])
+        scale.run_scale(tmp_path, [10])
 
 
 @pytest.mark.slow
@@ -203,10 +236,9 @@ def test_scale_end_to_end_small(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_gpu_benchmark_script_runs_its_cpu_smoke_mode(tmp_path: Path) -> None:
-    """benchmarks/gpu.py is meant for a CUDA box; --device cpu runs the same code paths."""
-    from medft.bench import load_script
+    """medft.benchmarks.gpu is meant for a CUDA box; --device cpu runs the same code paths."""
+    from medft.benchmarks import gpu
 
-    gpu = load_script("gpu")
     argv = ["--out", str(tmp_path), "--device", "cpu", "--images", "48", "--size", "32",
             "--batch", "16", "--epochs", "1", "--backbones", "test_resnet", "--augment", "off",
             "--synth-workers", "1"]  # fmt: skip
@@ -215,3 +247,60 @@ def test_gpu_benchmark_script_runs_its_cpu_smoke_mode(tmp_path: Path) -> None:
     assert row["name"] == "gpu/fit/test_resnet/no_augment"
     assert row["medft"] > 0 and row["reference"] > 0 and row["details"]["gpu"] is None
     assert len(row["details"]["loader_wait_shares"]) == 1  # one timed epoch after the warm-up
+
+
+# ----------------------------------------------------------------------------- from a wheel
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """medft's wheel, built from a copy of the sources (the checkout gets no build/ folder)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    shutil.copytree(ROOT / "medft", src / "medft", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp / "dist"), str(src)],
+        check=True, env=env, capture_output=True,
+    )  # fmt: skip
+    (path,) = (tmp / "dist").glob("medft-*.whl")
+    return path
+
+
+def test_wheel_ships_every_benchmark_module(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    modules = {f"medft/benchmarks/{p.name}" for p in (ROOT / "medft" / "benchmarks").glob("*.py")}
+    assert "medft/benchmarks/registry.py" in modules and "medft/benchmarks/inference.py" in names
+    assert modules <= names, modules - names
+    assert "medft/configs/quickstart.yaml" in names  # fit_throughput's recipe
+
+
+def test_cli_bench_runs_from_an_installed_wheel(wheel: Path, tmp_path: Path) -> None:
+    """`medft bench --quick --only inference` with medft installed from the wheel, run
+    outside the checkout, so nothing can come from the repository's folders (about 10 s)."""
+    site, work, out = tmp_path / "site", tmp_path / "elsewhere", tmp_path / "out"
+    work.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+         "--disable-pip-version-check", "--target", str(site), str(wheel)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    code = (
+        "import sys, medft\n"
+        "print('medft from', medft.__file__)\n"
+        "from medft.cli import main\n"
+        f"sys.exit(main(['bench', '--out', {str(out)!r}, '--quick', '--only', 'inference',"
+        " '--threads', '1']))\n"
+    )
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=work, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"medft from {site / 'medft' / '__init__.py'}" in done.stdout
+    names = [row["name"] for row in json.loads((out / "bench.json").read_text())]
+    assert "inference/predict" in names
