@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning.pytorch  # noqa: F401  (before MONAI; see medft.model's docstring)
 import numpy as np
@@ -42,12 +42,16 @@ from monai.transforms import Compose
 from torch.utils.data import Dataset
 
 from medft._io import atomic_open
-from medft.data.transforms import metadata_off, share_random_state
+from medft.data.transforms import CacheDtype, metadata_off, share_random_state
 from medft.errors import DicomReadError, MedftError
 
 __all__ = [
+    "BAD_FILE_POLICIES",
     "CACHE_MODES",
     "BadFile",
+    "BadFilePolicy",
+    "CacheDtype",
+    "CacheMode",
     "DecodeCache",
     "Decoder",
     "DiskCache",
@@ -61,8 +65,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CACHE_MODES = ("memory", "disk", "none")
+CacheMode = Literal["memory", "disk", "none"]
 """Where decoded images live: RAM, ``.npy`` files, or nowhere (decode every access)."""
+CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
+
+BadFilePolicy = Literal["skip", "fail"]
+"""What an unreadable file does: leave it out (listed with its reason) or stop the run."""
+BAD_FILE_POLICIES: tuple[str, ...] = get_args(BadFilePolicy)
+
+# CacheDtype (``uint8``/``uint16``) is defined next to the transforms that quantise to it
+# and re-exported here with the other cache choices.
 
 CACHE_FORMAT = "v1"
 """Folder under the cache directory; bumped if the file layout changes."""
@@ -316,7 +328,7 @@ class DiskCache(DecodeCache):
 
 
 def make_cache(
-    mode: str,
+    mode: CacheMode,
     paths: Sequence[str],
     decoder: Decoder,
     cache_dir: str | os.PathLike[str] | None = None,

@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning as L
 import numpy as np
@@ -41,15 +41,18 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from medft._io import write_text
 from medft.data.cache import (
+    BAD_FILE_POLICIES,
     CACHE_MODES,
     BadFile,
+    BadFilePolicy,
+    CacheMode,
     DecodeCache,
     Decoder,
     XrayCollate,
     XrayDataset,
     make_cache,
 )
-from medft.data.manifest import UNCERTAIN_POLICIES, Manifest, load_manifest
+from medft.data.manifest import UNCERTAIN_POLICIES, Manifest, UncertainPolicy, load_manifest
 from medft.data.seen import SeenPatients, data_fingerprint
 from medft.data.splits import (
     align_assignment,
@@ -65,6 +68,8 @@ from medft.data.transforms import (
     COMPACT_DTYPES,
     FIT_MODES,
     AugmentConfig,
+    CacheDtype,
+    FitMode,
     build_transforms,
     prefix_config,
 )
@@ -76,6 +81,7 @@ __all__ = [
     "SKIPPED_FILES_CSV",
     "SPLITS_CSV",
     "EpochSampler",
+    "PredictSplit",
     "ResumableDataLoader",
     "XrayDataModule",
     "default_cache_dir",
@@ -84,8 +90,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BAD_FILE_POLICIES = ("skip", "fail")
-PREDICT_SPLITS = ("test", "all")
+PredictSplit = Literal["test", "all"]
+"""What ``trainer.predict`` covers: the test part or every image of the manifest."""
+PREDICT_SPLITS: tuple[str, ...] = get_args(PredictSplit)
 SPLITS_CSV = "splits.csv"
 SKIPPED_FILES_CSV = "skipped_files.csv"
 CACHE_DIR_ENV = "MEDFT_CACHE_DIR"
@@ -379,7 +386,7 @@ class XrayDataModule(L.LightningDataModule):
         self,
         manifest: str,
         labels: list[str] | None = None,
-        uncertain: str = "ignore",
+        uncertain: UncertainPolicy = "ignore",
         split_file: str | None = None,
         fold: int | None = None,
         repeat: int = 0,
@@ -387,13 +394,13 @@ class XrayDataModule(L.LightningDataModule):
         test_fraction: float = 0.15,
         split_seed: int = 0,
         image_size: int = 224,
-        fit_mode: str = "pad",
+        fit_mode: FitMode = "pad",
         batch_size: int = 32,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
-        cache: str = "memory",
+        cache: CacheMode = "memory",
         cache_dir: str | None = None,
-        cache_dtype: str = "uint8",
+        cache_dtype: CacheDtype = "uint8",
         augment: bool = True,
         rotate_degrees: float = 7.0,
         scale_range: float = 0.08,
@@ -403,8 +410,8 @@ class XrayDataModule(L.LightningDataModule):
         noise_std: float = 0.01,
         clahe_prob: float = 0.0,
         weighted_sampler: bool = False,
-        on_bad_file: str = "skip",
-        predict_split: str = "test",
+        on_bad_file: BadFilePolicy = "skip",
+        predict_split: PredictSplit = "test",
         run_dir: str | None = None,
         allow_patient_overlap: bool = False,
         audit: bool = True,

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,7 @@ __all__ = [
     "RESERVED_COLUMNS",
     "UNCERTAIN_POLICIES",
     "Manifest",
+    "UncertainPolicy",
     "load_manifest",
 ]
 
@@ -41,10 +42,9 @@ RESERVED_COLUMNS = frozenset({"path", "patient_id", "split", "fold", "repeat", "
 IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
 """File suffixes (case-insensitive) collected from a folder layout."""
 
-UNCERTAIN_POLICIES = ("ignore", "positive", "negative")
-"""What an uncertain label (-1, as in CheXpert) becomes: NaN, 1.0 or 0.0."""
-
 UncertainPolicy = Literal["ignore", "positive", "negative"]
+"""What an uncertain label (-1, as in CheXpert) becomes: NaN, 1.0 or 0.0."""
+UNCERTAIN_POLICIES: tuple[str, ...] = get_args(UncertainPolicy)
 
 MAX_LISTED = 20
 """How many problems an error message lists before it only counts the rest."""

@@ -22,7 +22,7 @@ import contextlib
 import math
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning.pytorch  # noqa: F401  (before MONAI; see medft.model's docstring)
 import numpy as np
@@ -43,7 +43,7 @@ from monai.transforms import (
 )
 
 from medft.data import dicom
-from medft.data.geometry import fit_to_square
+from medft.data.geometry import FitMode, fit_to_square
 from medft.errors import ConfigError, medft_cause
 
 __all__ = [
@@ -51,8 +51,10 @@ __all__ = [
     "FIT_MODES",
     "PIPELINE_VERSION",
     "AugmentConfig",
+    "CacheDtype",
     "ClampIntensity",
     "ClampIntensityd",
+    "FitMode",
     "FitToSquare",
     "FitToSquared",
     "FromCompact",
@@ -71,11 +73,13 @@ __all__ = [
 PIPELINE_VERSION = 1
 """Bumped whenever the deterministic prefix changes its output: it is part of cache keys."""
 
-COMPACT_DTYPES = ("uint8", "uint16")
+CacheDtype = Literal["uint8", "uint16"]
 """Cache dtypes: uint8 (1 byte/pixel, the display precision) or uint16 (for fidelity)."""
+COMPACT_DTYPES: tuple[str, ...] = get_args(CacheDtype)
 
-FIT_MODES = ("pad", "crop")
-"""``pad`` letterboxes the whole image; ``crop`` centre-crops the short side."""
+FIT_MODES: tuple[str, ...] = get_args(FitMode)
+"""``pad`` letterboxes the whole image; ``crop`` centre-crops the short side
+(:data:`~medft.data.geometry.FitMode`, re-exported here)."""
 
 Reader = Callable[[str], tuple[np.ndarray, Any]]
 
@@ -155,13 +159,13 @@ class FitToSquare(Transform):
     that maps model coordinates back to the original pixels.
     """
 
-    def __init__(self, size: int, mode: str = "pad") -> None:
+    def __init__(self, size: int, mode: FitMode = "pad") -> None:
         _check_choice("fit_mode", mode, FIT_MODES)
         self.size = int(size)
         self.mode = mode
 
     def __call__(self, image: np.ndarray | torch.Tensor) -> tuple[np.ndarray, Any]:
-        squared, geometry = fit_to_square(image, self.size, self.mode)  # type: ignore[arg-type]
+        squared, geometry = fit_to_square(image, self.size, self.mode)
         return squared.numpy(), geometry
 
 
@@ -172,7 +176,7 @@ class FitToSquared(MapTransform):
         self,
         keys: KeysCollection,
         size: int,
-        mode: str = "pad",
+        mode: FitMode = "pad",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -196,7 +200,7 @@ class ToCompact(Transform):
     uint16 keeps 65536 levels for studies that need the extra fidelity.
     """
 
-    def __init__(self, dtype: str = "uint8") -> None:
+    def __init__(self, dtype: CacheDtype = "uint8") -> None:
         _check_choice("cache_dtype", dtype, COMPACT_DTYPES)
         self.dtype = np.dtype(dtype)
         self.scale = float(np.iinfo(self.dtype).max)
@@ -225,7 +229,7 @@ class ToCompactd(MapTransform):
     """Dictionary version of :class:`ToCompact`."""
 
     def __init__(
-        self, keys: KeysCollection, dtype: str = "uint8", allow_missing_keys: bool = False
+        self, keys: KeysCollection, dtype: CacheDtype = "uint8", allow_missing_keys: bool = False
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.converter = ToCompact(dtype)
@@ -324,7 +328,9 @@ class AugmentConfig:
             raise ConfigError(f"gamma={self.gamma} must be a range 0 < low <= high")
 
 
-def prefix_config(*, image_size: int, fit_mode: str, compact_dtype: str) -> dict[str, Any]:
+def prefix_config(
+    *, image_size: int, fit_mode: FitMode, compact_dtype: CacheDtype
+) -> dict[str, Any]:
     """Everything the deterministic prefix's output depends on (besides the file).
 
     Part of every disk-cache key, so a change here never serves a stale image.
@@ -340,10 +346,10 @@ def prefix_config(*, image_size: int, fit_mode: str, compact_dtype: str) -> dict
 def build_transforms(
     *,
     image_size: int,
-    fit_mode: str = "pad",
+    fit_mode: FitMode = "pad",
     train: bool,
     augment: AugmentConfig | None = None,
-    compact_dtype: str = "uint8",
+    compact_dtype: CacheDtype = "uint8",
     reader: Reader | None = None,
     compact_output: bool = False,
 ) -> tuple[Compose, Compose]:

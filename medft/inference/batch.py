@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medft.data import patient_key
-from medft.data.cache import bad_file_reason
+from medft.data.cache import BAD_FILE_POLICIES, BadFilePolicy, bad_file_reason
 from medft.data.dicom import XrayMeta
 from medft.errors import ConfigError, DicomReadError, MedftError, medft_cause
 from medft.progress import progress
@@ -47,7 +47,6 @@ __all__ = [
     "threshold_column",
 ]
 
-BAD_FILE_POLICIES = ("skip", "fail")
 #: DICOM metadata a subgroup column may name when the manifest lacks it (never patient_hash).
 META_COLUMNS = tuple(
     f.name for f in dataclasses.fields(XrayMeta) if f.name not in ("patient_hash", "window_presets")
@@ -176,7 +175,7 @@ def predict_table(
     labelled: bool = False,
     batch_size: int = 32,
     num_workers: int = 0,
-    on_bad_file: str = "skip",
+    on_bad_file: BadFilePolicy = "skip",
     calibrate: bool = False,
     extra_columns: Sequence[str] = (),
     include_patient_id: bool = False,

@@ -33,7 +33,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning.pytorch  # noqa: F401  (before MONAI; see medft.model's docstring)
 import torch
@@ -45,6 +45,7 @@ from medft.errors import ConfigError
 
 __all__ = [
     "FEATURE_CACHE_MODES",
+    "FeatureCacheMode",
     "FeatureStore",
     "FrozenFeatureCache",
     "augments",
@@ -55,7 +56,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FEATURE_CACHE_MODES = ("auto", "on", "off")
+FeatureCacheMode = Literal["auto", "on", "off"]
+"""``model.feature_cache``: use the cache when safe, always (or fail), or never."""
+FEATURE_CACHE_MODES: tuple[str, ...] = get_args(FeatureCacheMode)
 _INITIAL_ROWS = 1024
 
 
@@ -160,7 +163,7 @@ class FrozenFeatureCache:
     ``logits = cache.logits(model, rows, paths, lambda: normalise(images))``.
     """
 
-    def __init__(self, mode: str = "auto", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, mode: FeatureCacheMode = "auto", dtype: torch.dtype = torch.float32) -> None:
         if mode not in FEATURE_CACHE_MODES:
             raise ConfigError(
                 f"model.feature_cache: {mode!r} is not one of {', '.join(FEATURE_CACHE_MODES)}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -32,18 +32,28 @@ from medft.errors import ConfigError
 from medft.model.backbones import create_backbone, data_config
 from medft.model.features import (
     FEATURE_CACHE_MODES,
+    FeatureCacheMode,
     FrozenFeatureCache,
     augments,
     train_data_identity,
 )
-from medft.model.finetune import FinetuneSchedule
+from medft.model.finetune import FinetuneSchedule, Gate, Mode
 from medft.provenance import software_versions
 
-TASKS = ("binary", "multilabel", "multiclass")
+Task = Literal["binary", "multilabel", "multiclass"]
+"""Sigmoid per finding (``binary``, ``multilabel``) or one softmax over classes."""
+TASKS: tuple[str, ...] = get_args(Task)
 _COMPACT_SCALES = {torch.uint8: 255.0, torch.uint16: 65535.0}
 """Compact pixel types of training batches and the value that means display-space 1.0."""
-LOSSES = ("bce", "focal", "ce")
-FREEZE_MODES = ("full", "linear_probe", "freeze_unfreeze", "gradual")
+Loss = Literal["bce", "focal", "ce"]
+"""Masked binary cross-entropy, focal loss, or cross-entropy (multiclass only)."""
+LOSSES: tuple[str, ...] = get_args(Loss)
+FreezeMode = Mode
+"""The freezing schedule (:data:`medft.model.finetune.Mode`, whose values it shares)."""
+FREEZE_MODES: tuple[str, ...] = get_args(FreezeMode)
+FreezeGate = Gate
+"""How frozen stages are held still (:data:`medft.model.finetune.Gate`)."""
+FREEZE_GATES: tuple[str, ...] = get_args(FreezeGate)
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -101,27 +111,27 @@ class XrayClassifier(L.LightningModule):
         self,
         backbone: str = "tf_efficientnet_lite0",
         labels: list[str] | None = None,
-        task: str = "multilabel",
+        task: Task = "multilabel",
         pretrained: bool = True,
         pretrained_file: str | None = None,
         in_chans: int = 3,
         drop_rate: float = 0.2,
         drop_path_rate: float = 0.0,
-        freeze: str = "freeze_unfreeze",
+        freeze: FreezeMode = "freeze_unfreeze",
         unfreeze_epoch: int = 1,
         gradual_every: int = 1,
         lr_decay: float = 1.0,
-        freeze_gate: str = "requires_grad",
+        freeze_gate: FreezeGate = "requires_grad",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         warmup_epochs: float = 0.0,
-        loss: str = "bce",
+        loss: Loss = "bce",
         label_smoothing: float = 0.0,
         focal_gamma: float = 2.0,
         pos_weight: list[float] | None = None,
         auto_pos_weight: bool = True,
         channels_last: bool = True,
-        feature_cache: str = "auto",
+        feature_cache: FeatureCacheMode = "auto",
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -129,7 +139,7 @@ class XrayClassifier(L.LightningModule):
         _choice("task", task, TASKS)
         _choice("loss", loss, LOSSES)
         _choice("freeze", freeze, FREEZE_MODES)
-        _choice("freeze_gate", freeze_gate, ("requires_grad", "lr"))
+        _choice("freeze_gate", freeze_gate, FREEZE_GATES)
         _choice("feature_cache", feature_cache, FEATURE_CACHE_MODES)
         if task == "multiclass" and loss != "ce":
             raise ConfigError("model.loss: a multiclass task needs loss 'ce'")

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from medft.data.cache import CACHE_MODES
 from medft.errors import CheckpointError, ConfigError
 from medft.model.checkpoint import load_classifier, read_checkpoint
-from medft.model.module import XrayClassifier
+from medft.model.module import FREEZE_MODES, XrayClassifier
 
 
 def _tiny(**kwargs) -> XrayClassifier:
@@ -68,6 +69,40 @@ def test_focal_loss_downweights_easy_examples() -> None:
 def test_bad_config_names_the_key(kwargs: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         _tiny(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("option", "allowed"), [("--model.freeze", FREEZE_MODES), ("--data.cache", CACHE_MODES)]
+)
+def test_cli_refuses_an_unknown_choice_while_parsing(
+    option: str, allowed: tuple[str, ...], tmp_path: Path, fit_args, capsys
+) -> None:
+    """The choice types are Literals, so jsonargparse refuses a typo before any work.
+
+    The manifest does not exist: a refusal that came from medft's own check would only
+    happen after the data module had tried to load it.
+    """
+    from medft.lightning_cli import run_lightning
+
+    args = fit_args(tmp_path / "missing.csv", tmp_path / "run", option, "bogus")
+    with pytest.raises(SystemExit) as stopped:
+        run_lightning("fit", args, run=False)
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err
+    assert f'"{option.removeprefix("--")}"' in message and "bogus" in message
+    assert all(repr(value) in message for value in allowed), message[-500:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_help_lists_the_choices(capsys) -> None:
+    from medft.lightning_cli import run_lightning
+
+    with pytest.raises(SystemExit) as stopped:
+        run_lightning("fit", ["--help"], run=False)
+    assert stopped.value.code == 0
+    shown = capsys.readouterr().out
+    assert f"--model.freeze {{{','.join(FREEZE_MODES)}}}" in shown
+    assert f"--data.cache {{{','.join(CACHE_MODES)}}}" in shown
 
 
 def test_frozen_backbone_runs_without_autograd() -> None:
