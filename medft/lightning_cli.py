@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jsonargparse
 from jsonargparse import Namespace
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import Trainer
@@ -550,16 +551,22 @@ def run_lightning(
     args = [subcommand, *argv] if run else list(argv)
     # medft passes its own argv explicitly; Lightning's "args and sys.argv" hint is noise here.
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within")
-    return MedftLightningCLI(
-        XrayClassifier,
-        XrayDataModule,
-        args=args,
-        run=run,
-        trainer_defaults=defaults,
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-        auto_configure_optimizers=False,  # no --optimizer/--lr_scheduler (see above)
-    )
+    try:
+        return MedftLightningCLI(
+            XrayClassifier,
+            XrayDataModule,
+            args=args,
+            run=run,
+            trainer_defaults=defaults,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            auto_configure_optimizers=False,  # no --optimizer/--lr_scheduler (see above)
+            # A wrong key or value is one line naming it (below), not 100 lines of usage.
+            parser_kwargs={"exit_on_error": False},
+        )
+    except jsonargparse.ArgumentError as exc:
+        message = " ".join(str(exc).split())
+        raise ConfigError(f"{message} (`medft {subcommand} --help` lists the options)") from None
 
 
 def best_checkpoint_path(trainer: Any) -> Path | None:
