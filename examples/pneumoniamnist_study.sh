@@ -24,10 +24,10 @@ export HF_HUB_OFFLINE=1                        # the lite0 ImageNet weights ship
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" # torch CPU threads; 1 is steadier on a shared box
 
 # 1. The .npz arrays -> 28x28 PNGs + a manifest (every image is its own patient here).
-"$MEDFT" data import medmnist --root "$DATA" --out "$OUT/data/manifest.csv"
+"$MEDFT" data import medmnist --input "$DATA" --out "$OUT/data/manifest.csv"
 
 # 2. Shortcut audit of the whole set (headers, raw intensities, thumbnail/border probes).
-"$MEDFT" data audit --manifest "$OUT/data/manifest.csv" --out "$OUT/audit"
+"$MEDFT" data audit --input "$OUT/data/manifest.csv" --out "$OUT/audit"
 
 # 3. Patient-grouped, label-stratified 5-fold CV. The recipe is configs/medmnist.yaml
 #    (ImageNet-pretrained tf_efficientnet_lite0, 28 px upsampled to 64, head-only first),

@@ -37,7 +37,7 @@ RECIPES="${RECIPES:-default ema l2sp probe long long_ema}"
 export HF_HUB_OFFLINE=1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
-"$MEDFT" data import medmnist --root "$DATA" --out "$OUT/data/manifest.csv"
+"$MEDFT" data import medmnist --input "$DATA" --out "$OUT/data/manifest.csv"
 
 if [ "$SMOKE" = 1 ]; then
   FOLDS=2

@@ -91,6 +91,25 @@ def check_output_file(path: str | os.PathLike[str], *, option: str = "--out") ->
     return target
 
 
+def output_file_in(
+    out: str | os.PathLike[str], name: str, *, suffixes: tuple[str, ...], option: str = "--out"
+) -> Path:
+    """The file a command writes when ``--out`` names a folder, checked writable.
+
+    Every medft command's ``--out`` is a folder; the file is ``out/name``. A path that
+    ends in one of ``suffixes`` (``model.onnx``, ``compare.json``) names the file itself,
+    as these commands took it before the folder rule.
+
+    Raises:
+        ConfigError: one line naming the file or folder and what is wrong.
+    """
+    target = Path(out)
+    if target.suffix.lower() in suffixes and not target.is_dir():
+        return check_output_file(target, option=option)
+    check_output_dir(target, option=option)
+    return check_output_file(target / name, option=option)
+
+
 def _check_writable_dir(folder: Path, label: str) -> None:
     existing = folder
     while not existing.exists() and existing.parent != existing:

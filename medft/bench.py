@@ -308,7 +308,7 @@ def run_scale_benchmark(
     keep: bool = False,
     echo: Callable[[str], None] | None = None,
 ) -> list[BenchResult]:
-    """The scale benchmark (``medft bench --scale``): pipeline time and peak RSS vs data size.
+    """The scale benchmark (``medft bench scale``): pipeline time and peak RSS vs data size.
 
     Kept out of the 20-minute :func:`run_benchmarks` run: synthesizing and decoding 16k
     images takes far longer on a small box. See :mod:`medft.benchmarks.scale`.

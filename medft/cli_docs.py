@@ -1,4 +1,4 @@
-"""Render the command-line reference (docs/cli.md) from the argparse parser itself.
+"""Render the command-line reference (docs/cli.md) from the commands' own parsers.
 
 ``python -m medft.cli_docs > docs/cli.md`` regenerates the page; a test fails when
 the committed page and the parser disagree, so the reference never drifts.
@@ -6,10 +6,10 @@ the committed page and the parser disagree, so the reference never drifts.
 
 from __future__ import annotations
 
-import argparse
 import os
 
-from medft.cli import LIGHTNING_COMMANDS, build_parser
+from medft.cli import build_parser, command_parser
+from medft.cli.commands import COMMANDS, SYNONYMS, VOCABULARY
 
 HEADER = """# Command line
 
@@ -23,36 +23,27 @@ with the values a config gives them, with `medft fit --config configs/quickstart
 
 Errors medft raises on purpose (a bad file, manifest or config key) are printed as one
 line, `medft: error: ...`, with exit status 2.
+
+Each command's options are the parameters of the Python function it runs (named in
+docs/architecture.md), so the defaults below are that function's defaults.
 """
 
-
-def _subparsers(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
-    found: list[tuple[str, argparse.ArgumentParser]] = []
-    for action in parser._actions:  # argparse offers no public walk over subparsers
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                found.append((name, sub))
-    return found
+VOCABULARY_TEXT = (
+    "## One name for one idea\n\n"
+    + "\n".join(f"- `{option}`: {meaning}" for option, meaning in VOCABULARY.items())
+    + "\n\nOlder spellings ("
+    + ", ".join(f"`{name}`" for name in SYNONYMS)
+    + ") still work where a command had them, with a one-line note.\n"
+)
 
 
 def render() -> str:
-    """The Markdown page for every non-Lightning subcommand, nested ones included."""
+    """The Markdown page: the command list, then every non-Lightning command's help."""
     os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal; the page must not depend on it
-    parser = build_parser()
-    parts = [HEADER]
-    stack = [("medft", parser)]
-    while stack:
-        prefix, current = stack.pop(0)
-        for name, sub in _subparsers(current):
-            full = f"{prefix} {name}"
-            if name in LIGHTNING_COMMANDS:
-                continue
-            sub.prog = full
-            children = _subparsers(sub)
-            if children:
-                stack.append((full, sub))
-                continue
-            parts.append(f"## `{full}`\n\n```text\n{sub.format_help().rstrip()}\n```\n")
+    parts = [HEADER, VOCABULARY_TEXT, f"```text\n{build_parser().format_help().rstrip()}\n```\n"]
+    for command in COMMANDS:
+        help_text = command_parser(command).format_help().rstrip()
+        parts.append(f"## `medft {command.name}`\n\n```text\n{help_text}\n```\n")
     return "\n".join(parts)
 
 

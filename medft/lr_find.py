@@ -27,7 +27,7 @@ import math
 import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch.callbacks import LearningRateFinder
@@ -37,7 +37,9 @@ from medft.errors import ConfigError
 
 __all__ = ["PHASES", "LrFindResult", "debias", "find_learning_rates", "format_results", "suggest"]
 
-PHASES = ("head", "unfrozen")
+Phase = Literal["head", "unfrozen"]
+"""A sweep: the head alone (backbone frozen), or the whole network after the head."""
+PHASES: tuple[str, ...] = get_args(Phase)
 
 
 class LrFindResult(dict):
@@ -152,7 +154,7 @@ def find_learning_rates(
     config: str | Path,
     out: str | Path,
     *,
-    phases: Sequence[str] = PHASES,
+    phases: Sequence[Phase] = PHASES,  # type: ignore[assignment]
     overrides: Sequence[str] = (),
     min_lr: float = 1e-6,
     max_lr: float = 1.0,

@@ -40,6 +40,18 @@ def run_quickstart(
 
     The keyword overrides exist for tests and benchmarks (a tiny backbone, random
     init for the scratch comparison); the defaults are the documented recipe.
+
+    Args:
+        out: Folder for the synthetic data, the run and metrics.json.
+        epochs: Training epochs (default: the recipe's).
+        n_patients: Synthetic patients to generate (default: the recipe's size).
+        seed: Seed of the synthetic data and the training run.
+        backbone: timm backbone instead of the recipe's (its ImageNet weights must be in
+            the local cache, or use --no-pretrained).
+        pretrained: Start from ImageNet weights (default: the recipe's choice).
+        image_size: Training image side in pixels (default: the recipe's).
+        extra_args: More LightningCLI overrides for the fit (Python callers).
+        quiet: Print nothing but errors.
     """
     from medft.data.synth import synthesize
     from medft.lightning_cli import best_checkpoint_path, last_checkpoint_path, run_lightning
@@ -106,7 +118,7 @@ def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
         f"  metrics:    {out / 'metrics.json'}\n"
         f"  checkpoint: {checkpoint}\n"
         f"  logs:       {out / 'run'} (CSV and TensorBoard)\n"
-        "Next: `medft data check --manifest "
+        "Next: `medft data check --input "
         f"{out / 'data' / 'labels.csv'}`, or train on your own data with "
         "`medft fit --config configs/quickstart.yaml --data.manifest YOUR.csv`."
     )

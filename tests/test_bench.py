@@ -144,7 +144,7 @@ def test_cli_bench_runs_a_real_quick_benchmark(tmp_path: Path, capsys) -> None:
     assert "inference/predict" in capsys.readouterr().out
 
 
-# ----------------------------------------------------------------------------- --scale
+# ------------------------------------------------------------------------ bench scale
 
 
 def _size_result(script, n: int, cpu1: float, cpu2: float, rss: float):
@@ -155,19 +155,15 @@ def _size_result(script, n: int, cpu1: float, cpu2: float, rss: float):
     )  # fmt: skip
 
 
-def test_cli_bench_scale_passes_sizes_and_keep(tmp_path: Path, monkeypatch) -> None:
-    import medft.bench
+def test_cli_bench_scale_passes_sizes_and_keep(tmp_path: Path) -> None:
+    from medft.cli import parse_args
+    from medft.cli.commands import BY_NAME
 
-    calls: list[tuple] = []
-    monkeypatch.setattr(
-        medft.bench, "run_scale_benchmark", lambda out, **kw: calls.append((out, kw)) or []
-    )
-    assert cli_main(["bench", "--out", str(tmp_path), "--scale", "--scale-sizes", "64",
-                     "128", "--keep"]) == 0  # fmt: skip
-    assert calls == [(tmp_path, {"sizes": [64, 128], "keep": True})]
-    calls.clear()
-    assert cli_main(["bench", "--out", str(tmp_path), "--scale"]) == 0
-    assert calls[0][1] == {"sizes": [1000, 4000, 16000], "keep": False}
+    spec = BY_NAME["bench scale"].options[0]
+    args = parse_args(["bench", "scale", "--out", str(tmp_path), "--sizes", "64", "128", "--keep"])
+    assert spec.kwargs(args) == {"out": str(tmp_path), "sizes": (64, 128), "keep": True}
+    args = parse_args(["bench", "scale", "--out", str(tmp_path)])
+    assert spec.kwargs(args) == {"out": str(tmp_path), "sizes": None, "keep": False}
 
 
 def test_scale_rows_judge_cpu_per_image_and_rss_growth() -> None:
@@ -217,7 +213,7 @@ def test_scale_meter_sees_cpu_and_memory_of_children(tmp_path: Path) -> None:
 def test_scale_refuses_sizes_below_two_batches(tmp_path: Path) -> None:
     from medft.benchmarks import scale
 
-    with pytest.raises(ConfigError, match="scale-sizes"):
+    with pytest.raises(ConfigError, match="--sizes"):
         scale.run_scale(tmp_path, [10])
 
 

@@ -20,7 +20,7 @@ def test_cli_reference_page_matches_the_parser() -> None:
 def test_medft_error_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("path,patient_id,abnormal\nmissing.dcm,,2\n")
-    code = main(["data", "check", "--manifest", str(bad)])
+    code = main(["data", "check", "--input", str(bad)])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("medft: error:") and "Traceback" not in err
@@ -28,7 +28,7 @@ def test_medft_error_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Captu
 
 def test_synth_then_check(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["synth", "--out", str(tmp_path / "s"), "--n-patients", "6", "--size", "64"]) == 0
-    assert main(["data", "check", "--manifest", str(tmp_path / "s" / "labels.csv")]) == 0
+    assert main(["data", "check", "--input", str(tmp_path / "s" / "labels.csv")]) == 0
     out = capsys.readouterr().out
     assert "6" in out
 
@@ -45,3 +45,5 @@ def test_fit_config_error_names_the_key(
     assert main(["fit", *args]) == 2
     err = capsys.readouterr().err
     assert "model.freeze" in err and "linear_probe" in err
+    assert "usage:" not in err  # one line naming the key, not LightningCLI's 100-line usage
+    assert "medft: error:" in err

@@ -44,5 +44,5 @@ def test_a_command_group_alone_lists_its_subcommands(
 
 
 def test_a_subcommand_still_runs_its_own_handler(tmp_path, capsys) -> None:
-    assert main(["data", "check", "--manifest", str(tmp_path / "missing.csv")]) == 2
+    assert main(["data", "check", "--input", str(tmp_path / "missing.csv")]) == 2
     assert "missing.csv" in capsys.readouterr().err

@@ -24,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medft.cli import build_parser
+from medft.cli import parse_args
 from medft.data.dicom import load_image
 from medft.demo.examples import read_examples, synthesize_examples
 from medft.demo.modelcard import load_metrics, model_card
@@ -439,8 +439,8 @@ def test_settings_and_auth_parsing():
 
 
 def test_cli_has_a_demo_command():
-    args = build_parser().parse_args(["demo", "--port", "0", "--auth", "a:b", "--max-file-mb", "8"])
-    assert args.handler.__name__ == "_cmd_demo"
+    args = parse_args(["demo", "--port", "0", "--auth", "a:b", "--max-file-mb", "8"])
+    assert args.command == "demo"
     assert (args.port, args.auth, args.max_file_mb, args.host) == (0, "a:b", 8.0, "127.0.0.1")
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from medft.cli import LIGHTNING_COMMANDS, build_parser
+from medft.cli import LIGHTNING_COMMANDS, parse_args
+from medft.cli.commands import BY_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -103,7 +104,9 @@ def test_every_config_named_in_readme_and_docs_exists() -> None:
 @pytest.mark.parametrize(
     ("page", "line"), COMMANDS, ids=[f"{p}:{i}" for i, (p, _) in enumerate(COMMANDS)]
 )
-def test_documented_command_line_parses(page: str, line: str) -> None:
+def test_documented_command_line_parses(
+    page: str, line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     words = _tokens(line)[1:]  # without "medft"
     if words[:2] == ["data", "import"] and words[2:3] == ["FORMAT"]:
         words[2] = "folder"  # the synopsis of every format
@@ -119,10 +122,12 @@ def test_documented_command_line_parses(page: str, line: str) -> None:
         else (words, "", [])
     )
     try:
-        args = build_parser().parse_args(cli_words)
+        args = parse_args(cli_words)
     except SystemExit as exc:
         pytest.fail(f"{page}: `{line}` does not parse (exit {exc.code})")
-    assert getattr(args, "handler", None) is not None, f"{page}: `{line}` names no command"
+    assert args.command in BY_NAME, f"{page}: `{line}` names no command"
+    old = capsys.readouterr().err
+    assert "medft: note:" not in old, f"{page}: `{line}` uses an old option name: {old}"
     config = getattr(args, "config", None)
     if overrides and config and (ROOT / config).is_file():
         _print_config("fit", ["--config", config, *overrides])

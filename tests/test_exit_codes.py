@@ -34,7 +34,7 @@ def status(argv: list[str]) -> int:
         ["data", "check"],
         ["data", "audit"],
         ["data", "import", "nih"],
-        ["evaluate", "--manifest", "m.csv"],
+        ["evaluate", "--input", "m.csv"],
         ["explain", "--input", "x"],
         ["predict", "--input", "x"],
         ["export", "--out", "x.onnx"],
@@ -57,8 +57,8 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture) -> 
 @pytest.mark.parametrize(
     "argv",
     [
-        ["data", "check", "--manifest", "no/such.csv"],
-        ["evaluate", "--checkpoint", "none.ckpt", "--manifest", "m.csv", "--out", "{tmp}/e"],
+        ["data", "check", "--input", "no/such.csv"],
+        ["evaluate", "--checkpoint", "none.ckpt", "--input", "m.csv", "--out", "{tmp}/e"],
         ["explain", "--checkpoint", "none.ckpt", "--input", "x", "--out", "{tmp}/x"],
         ["synth", "--out", "{tmp}/s", "--n-patients", "0"],
         ["bench", "--out", "{tmp}/b", "--only", "nosuch"],
@@ -87,18 +87,21 @@ def test_a_check_that_finds_problems_exits_1(tmp_path: Path, capsys: pytest.Capt
     broken = next(tmp_path.rglob("*.dcm"))
     broken.write_bytes(b"not a dicom file")
     manifest = str(tmp_path / "labels.csv")
-    assert status(["data", "check", "--manifest", manifest, "--workers", "1"]) == 1
+    assert status(["data", "check", "--input", manifest, "--workers", "1"]) == 1
     assert "failed 1" in capsys.readouterr().out
 
 
 def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import functools
+
     import medft.data.check
 
+    @functools.wraps(medft.data.check.check_manifest)  # the command reads its options from it
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(medft.data.check, "check_manifest", interrupted)
-    assert status(["data", "check", "--manifest", "any.csv"]) == 130
+    assert status(["data", "check", "--input", "any.csv"]) == 130
     assert "interrupted" in capsys.readouterr().err
 
 

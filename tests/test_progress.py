@@ -144,9 +144,9 @@ def _nih_dataset(root: Path) -> Path:
     ("command", "what"),
     [
         (["synth", "--out", "{tmp}/s", "--n-patients", "4", "--size", "64"], "synth"),
-        (["data", "check", "--manifest", "{csv}", "--workers", "1"], "data check"),
-        (["data", "audit", "--manifest", "{csv}", "--quick", "--workers", "1"], "data audit"),
-        (["data", "import", "nih", "--root", "{folder}", "--out", "{tmp}/m.csv"], "data import"),
+        (["data", "check", "--input", "{csv}", "--workers", "1"], "data check"),
+        (["data", "audit", "--input", "{csv}", "--quick", "--workers", "1"], "data audit"),
+        (["data", "import", "nih", "--input", "{folder}", "--out", "{tmp}/m.csv"], "data import"),
     ],
 )
 def test_long_commands_print_progress_lines_unless_quiet(
@@ -194,7 +194,7 @@ def test_cv_reports_folds_as_lines(
 @pytest.mark.parametrize(
     ("command", "what"),
     [
-        (["evaluate", "--manifest", "{csv}", "--out", "{tmp}/e", "--n-boot", "20"], "predicting"),
+        (["evaluate", "--input", "{csv}", "--out", "{tmp}/e", "--n-boot", "20"], "predicting"),
         (["explain", "--input", "{images}", "--out", "{tmp}/x", "--method", "gradcam"], "explain"),
     ],
     ids=["evaluate", "explain"],
@@ -230,7 +230,7 @@ def test_model_commands_print_progress_lines_unless_quiet(
 def test_data_check_through_a_pipe(synth_csv: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("MEDFT_QUIET", None)
-    cmd = [sys.executable, "-m", "medft.cli", "data", "check", "--manifest", str(synth_csv)]
+    cmd = [sys.executable, "-m", "medft.cli", "data", "check", "--input", str(synth_csv)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "medft: data check: reading: 12/12 files (100%)" in done.stderr

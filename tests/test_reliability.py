@@ -495,7 +495,7 @@ def test_two_percent_bad_files_fit_evaluate_predict_and_cv_finish_and_report(
             "evaluate",
             "--checkpoint",
             str(checkpoint),
-            "--manifest",
+            "--input",
             str(manifest),
             "--out",
             str(out),

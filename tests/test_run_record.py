@@ -42,7 +42,7 @@ def test_synth_and_audit_write_run_json(tmp_path: Path) -> None:
     assert record["command"].startswith("medft synth --out")
     assert record["settings"]["n_patients"] == 8 and record["settings"]["quiet"] is True
     audit = tmp_path / "audit"
-    args = ["data", "audit", "--manifest", str(out / "labels.csv"), "--out", str(audit)]
+    args = ["data", "audit", "--input", str(out / "labels.csv"), "--out", str(audit)]
     assert main([*args, "--quick", "--quiet"]) == 0
     assert json.loads((audit / RUN_JSON).read_text())["settings"]["quick"] is True
 

@@ -26,7 +26,7 @@ own empty cache folder. Everything goes to a temporary folder under ``--out``, d
 afterwards unless ``--keep``.
 
     python -m medft.benchmarks.scale --out DIR [--sizes 1000 4000 16000] [--keep]
-    (the same as ``medft bench --out DIR --scale [--scale-sizes ...]``)
+    (the same as ``medft bench scale --out DIR [--sizes ...]``)
 """
 
 from __future__ import annotations
@@ -360,7 +360,7 @@ def run_scale(
     """
     sizes = sorted({int(n) for n in sizes})
     if not sizes or sizes[0] < BATCH_SIZE * 2:
-        raise ConfigError(f"--scale-sizes must be at least {BATCH_SIZE * 2} images, got {sizes}")
+        raise ConfigError(f"--sizes must be at least {BATCH_SIZE * 2} images, got {sizes}")
     from medft.data.synth import synthesize
 
     Path(out).mkdir(parents=True, exist_ok=True)

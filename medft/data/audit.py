@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from medft._io import check_output_dir
 from medft.data import _audit_models as models
 from medft.data._audit_features import (
     ImageFeatures,
@@ -97,6 +98,7 @@ def audit_manifest(
     quick: bool = False,
     n_boot: int = 500,
     exclude_columns: Sequence[str] = (),
+    out: str | os.PathLike[str] | None = None,
 ) -> AuditReport:
     """Measure how well each label can be predicted from acquisition shortcuts.
 
@@ -114,6 +116,8 @@ def audit_manifest(
         n_boot: Patient-bootstrap resamples per estimate.
         exclude_columns: Manifest columns never to use as features (for example a column
             derived from the label that the automatic rules do not recognise).
+        out: Folder to write audit.json and audit.html into (checked before the audit
+            starts, so a bad folder costs no work); ``None`` writes nothing.
 
     Returns:
         The :class:`AuditReport`.
@@ -124,6 +128,8 @@ def audit_manifest(
     """
     started = time.perf_counter()
     _check_arguments(threshold, folds, max_images, n_boot)
+    if out is not None:
+        check_output_dir(out)
     manifest = (
         manifest_or_path
         if isinstance(manifest_or_path, Manifest)
@@ -172,6 +178,8 @@ def audit_manifest(
         if thumbs is not None:
             report.difference_maps = _difference_maps(table, audited_labels, kept)
     report.elapsed_s = round(time.perf_counter() - started, 3)
+    if out is not None:
+        report.write(out)
     return report
 
 

@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
@@ -84,7 +85,9 @@ CSV_COLUMNS: tuple[str, ...] = (
     "view",
     "photometric",
 )
-SHORTCUTS: tuple[str, ...] = ("manufacturer", "size", "photometric", "marker")
+Shortcut = Literal["manufacturer", "size", "photometric", "marker"]
+"""A spurious feature :func:`synthesize` can plant."""
+SHORTCUTS: tuple[str, ...] = get_args(Shortcut)
 
 # Fictional vendors (two models each): real-looking headers without naming real companies.
 MANUFACTURERS: dict[str, tuple[str, ...]] = {
@@ -261,7 +264,7 @@ def plan_case(
     n_patients: int,
     abnormal: bool,
     size: int = 256,
-    shortcut: str | None = None,
+    shortcut: Shortcut | None = None,
     shortcut_strength: float = 0.9,
 ) -> CasePlan:
     """Plan one image from ``(seed, patient, image)`` and the patient's label."""
@@ -321,7 +324,7 @@ def plan_cases(
     size: int = 256,
     seed: int = 0,
     prevalence: float = 0.5,
-    shortcut: str | None = None,
+    shortcut: Shortcut | None = None,
     shortcut_strength: float = 0.9,
 ) -> list[CasePlan]:
     """Plan every image of a dataset, as :func:`synthesize` would write it (same arguments)."""
@@ -595,7 +598,7 @@ def synthesize(
     size: int = 256,
     seed: int = 0,
     prevalence: float = 0.5,
-    shortcut: str | None = None,
+    shortcut: Shortcut | None = None,
     shortcut_strength: float = 0.9,
     workers: int | None = None,
     patient_info: bool = False,

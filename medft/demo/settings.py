@@ -1,7 +1,7 @@
 """What the demo is started with: one settings object, shared by ``medft demo`` and demo/app.py.
 
-This module is deliberately light (standard library only) so the ``medft`` command can
-build its parser without importing torch or Gradio.
+This module is deliberately light (no torch, no Gradio) so the ``medft`` command can
+build its parser quickly.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medft.errors import ConfigError
+from medft.options import FunctionOptions, add_function_options
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -127,8 +128,17 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+DEMO_OPTIONS = FunctionOptions(DemoSettings, skip=frozenset({"checkpoint", "auth"}))
+"""The demo's options: the fields of :class:`DemoSettings`, documented by its docstring."""
+
+
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the demo's options to ``parser`` (``medft demo`` and ``python demo/app.py``)."""
+    """Add the demo's options to ``parser`` (``medft demo`` and ``python demo/app.py``).
+
+    Two are written by hand because the command line gives them as text: the checkpoint
+    may be a URL (refused unless allowed), and the login is ``USER:PASS`` or an
+    environment variable. The rest are derived from :class:`DemoSettings`.
+    """
     parser.add_argument(
         "--checkpoint",
         default=None,
@@ -136,75 +146,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         "(a URL only with MEDFT_ALLOW_REMOTE_CHECKPOINTS=1)",
     )
     parser.add_argument(
-        "--host",
-        default=DEFAULT_HOST,
-        help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0: all)",
-    )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (0: any free)")
-    parser.add_argument(
         "--auth",
         default=None,
         metavar="USER:PASS",
         help=f"require this login (or set {AUTH_ENV}=USER:PASS in the environment)",
     )
-    parser.add_argument(
-        "--max-file-mb",
-        type=float,
-        default=DEFAULT_MAX_FILE_MB,
-        help="largest upload accepted, in MB (default 64)",
-    )
-    parser.add_argument(
-        "--metrics",
-        type=Path,
-        default=None,
-        help="metrics.json from `medft evaluate`, shown with its CIs on the model card",
-    )
-    parser.add_argument(
-        "--examples",
-        type=Path,
-        default=None,
-        help="folder with labels.csv and DICOMs for the example cases",
-    )
-    parser.add_argument(
-        "--quickstart-dir",
-        type=Path,
-        default=QUICKSTART_DIR,
-        help="where `medft quickstart` wrote its output (default medft-quickstart)",
-    )
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: half the cores)"
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help="largest image accepted, in decoded samples, checked from the header before "
-        f"decoding (default {DEFAULT_MAX_PIXELS:,})",
-    )
-    parser.add_argument(
-        "--max-request-mb",
-        type=float,
-        default=DEFAULT_MAX_REQUEST_MB,
-        help=f"total MB of the files of one request (default {DEFAULT_MAX_REQUEST_MB:.0f})",
-    )
-    parser.add_argument(
-        "--max-request-pixels",
-        type=int,
-        default=DEFAULT_MAX_REQUEST_PIXELS,
-        help="decoded samples of one request, summed from the headers before decoding "
-        f"(default {DEFAULT_MAX_REQUEST_PIXELS:,})",
-    )
-    parser.add_argument(
-        "--allow-unauthenticated",
-        action="store_true",
-        help="serve on a non-local --host without --auth (refused otherwise)",
-    )
-    parser.add_argument(
-        "--cache-mb",
-        type=int,
-        default=DemoSettings.cache_mb,
-        help="memory for analysed cases (decoded images, maps), oldest dropped first (default 512)",
-    )
+    add_function_options(parser, DEMO_OPTIONS)
 
 
 def settings_from_args(args: argparse.Namespace) -> DemoSettings:
@@ -217,17 +164,6 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         checkpoint = local_checkpoint(str(checkpoint))
     return DemoSettings(
         checkpoint=None if checkpoint is None else Path(checkpoint),
-        host=args.host,
-        port=args.port,
         auth=auth,
-        max_file_mb=args.max_file_mb,
-        metrics=args.metrics,
-        examples=args.examples,
-        quickstart_dir=args.quickstart_dir,
-        threads=args.threads,
-        cache_mb=args.cache_mb,
-        max_pixels=args.max_pixels,
-        max_request_mb=args.max_request_mb,
-        max_request_pixels=args.max_request_pixels,
-        allow_unauthenticated=args.allow_unauthenticated,
+        **DEMO_OPTIONS.kwargs(args),
     )

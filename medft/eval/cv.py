@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from medft import __version__
-from medft._io import check_output_file, write_bytes, write_json, write_text
+from medft._io import output_file_in, write_bytes, write_json, write_text
 from medft.data.splits import read_assignment
 from medft.errors import ConfigError
 from medft.eval import plots
@@ -51,6 +51,7 @@ from medft.inference import prob_column
 
 __all__ = [
     "AUDIT_DIR",
+    "COMPARE_JSON",
     "CONFIG_YAML",
     "DONE",
     "FOLDS_CSV",
@@ -73,6 +74,9 @@ __all__ = [
     "prepare",
     "study_audit",
 ]
+
+COMPARE_JSON = "compare.json"
+"""What ``medft cv compare --out DIR`` writes into DIR."""
 
 
 def fold_metrics(oof: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
@@ -149,6 +153,11 @@ def _pooled_subgroups(
 
 def aggregate(out: str | Path, *, n_boot: int | None = None, seed: int | None = None) -> dict:
     """Build ``oof_predictions.csv``, ``summary.json`` and ``report.html`` of a finished study.
+
+    Args:
+        out: The study folder written by ``medft cv``.
+        n_boot: Patient-bootstrap resamples (default: the study's own setting).
+        seed: Bootstrap seed (default: the study's own seed).
 
     Raises:
         IncompleteStudyError: Some folds are not finished (they are named).
@@ -265,11 +274,21 @@ def compare(
     DeLong test (which treats images as independent; prefer the bootstrap when patients
     have several images).
 
+    Args:
+        dir_a: Study folder A.
+        dir_b: Study folder B (run on the same folds as A).
+        n_boot: Paired patient-bootstrap resamples.
+        seed: Bootstrap seed.
+        out: Folder to write compare.json into (a path ending in .json names the file
+            itself); ``None`` writes nothing.
+
+    Returns:
+        The comparison, also written to ``compare.json`` when ``out`` is given.
+
     Raises:
         ConfigError: The studies were not run on the same folds or share no finding.
     """
-    if out is not None:
-        check_output_file(out)
+    target = None if out is None else output_file_in(out, COMPARE_JSON, suffixes=(".json",))
     dir_a, dir_b = Path(dir_a), Path(dir_b)
     study_a, study_b = read_study(dir_a), read_study(dir_b)
     folds_a = read_assignment(dir_a / FOLDS_CSV)
@@ -334,8 +353,8 @@ def compare(
         "pooled": pooled,
         "bootstrap": {"n": int(n_boot), "seed": int(seed), "unit": "patient"},
     }
-    if out is not None:
-        write_json(out, result)
+    if target is not None:
+        write_json(target, result)
     return result
 
 

@@ -21,13 +21,15 @@ import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 
 from medft import __version__
 from medft._io import atomic_path, check_output_dir, write_bytes, write_json, write_text
+from medft.data.cache import BadFilePolicy
+from medft.data.manifest import UncertainPolicy
 from medft.errors import ConfigError
 from medft.eval import plots
 from medft.eval.calibration import apply_temperature, brier_score, expected_calibration_error
@@ -53,7 +55,11 @@ __all__ = [
     "write_table",
 ]
 
-LEVELS = ("image", "patient", "study")
+Level = Literal["image", "patient", "study"]
+"""Unit of analysis of an evaluation."""
+LEVELS: tuple[str, ...] = get_args(Level)
+How = Literal["max", "mean"]
+"""How image probabilities combine into a patient's (or study's)."""
 PREDICTIONS_CSV = "predictions.csv"
 SKIPPED_CSV = "skipped_files.csv"
 METRICS_JSON = "metrics.json"
@@ -279,14 +285,14 @@ def evaluate(
     seed: int = 0,
     ci: float = 0.95,
     by: Sequence[str] = (),
-    aggregate: str = "image",
-    how: str = "max",
+    aggregate: Level = "image",
+    how: How = "max",
     calibrate: bool = False,
     include_patient_id: bool = False,
     batch_size: int = 32,
     num_workers: int = 0,
-    on_bad_file: str = "skip",
-    uncertain: str = "ignore",
+    on_bad_file: BadFilePolicy = "skip",
+    uncertain: UncertainPolicy = "ignore",
     min_subgroup: int = 10,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a manifest; write predictions, metrics, plots and a report.

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,7 @@ from medft.data.dicom import load_image
 from medft.errors import ConfigError, MedftError
 from medft.explain.checks import deletion_score, randomisation_check
 from medft.explain.overlay import DisplayNorm, grid_image, render_overlay
-from medft.explain.saliency import METHODS, SaliencyResult, explain
+from medft.explain.saliency import METHODS, Method, SaliencyResult, explain
 from medft.inference import INPUT_SUFFIXES, Predictor, collect_inputs, output_id
 from medft.progress import track
 
@@ -46,7 +46,9 @@ __all__ = [
     "output_id",
 ]
 
-NORM_MODES = ("probability", "percentile")
+NormMode = Literal["probability", "percentile"]
+"""How the maps of one image share a display scale."""
+NORM_MODES: tuple[str, ...] = get_args(NormMode)
 INDEX_COLUMNS = (
     "id",
     "input",
@@ -73,9 +75,9 @@ def explain_inputs(
     inputs: str | Path,
     out: str | Path,
     *,
-    method: str = "gradcam",
+    method: Method = "gradcam",
     findings: Sequence[str] | None = None,
-    norm: str = "probability",
+    norm: NormMode = "probability",
     alpha: float = 0.4,
     target_layer: str = "auto",
     check: bool = False,
@@ -154,7 +156,7 @@ def _requested_findings(predictor: Predictor, findings: Sequence[str] | None) ->
     unknown = [name for name in wanted if name not in predictor.labels]
     if unknown:
         raise ConfigError(
-            f"--findings {' '.join(unknown)}: not predicted by this checkpoint; it predicts "
+            f"--labels {' '.join(unknown)}: not predicted by this checkpoint; it predicts "
             f"{', '.join(predictor.labels)}"
         )
     return list(dict.fromkeys(wanted))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -68,7 +68,7 @@ __all__ = [
 ]
 
 Method = Literal["gradcam", "gradcam++", "hirescam", "occlusion"]
-METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "occlusion")
+METHODS: tuple[str, ...] = get_args(Method)
 
 #: What one unit of a raw map means, per method (shown in display-normalisation captions).
 METHOD_UNITS: dict[str, str] = {

@@ -409,6 +409,13 @@ def pull_weights(
 ) -> dict[str, Path]:
     """``medft weights pull``: download timm's weights of every name (see download_weights).
 
+    Args:
+        names: timm model names, e.g. densenet121 resnet50.
+        cache_dir: Cache folder (default: the Hugging Face hub cache, HF_HUB_CACHE).
+
+    Returns:
+        Each name's downloaded weight file.
+
     Raises:
         WeightsError: ``HF_HUB_OFFLINE`` is set (this command exists to download), or a
             download failed.

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
-from medft._io import check_output_file
+from medft._io import output_file_in
 from medft.inference import Predictor
 from medft.inference.export import (
     ExportResult,
@@ -19,30 +20,37 @@ from medft.inference.export import (
     random_check_images,
 )
 
-__all__ = ["export"]
+__all__ = ["MODEL_FILES", "ExportFormat", "export"]
+
+ExportFormat = Literal["onnx", "torchscript"]
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+"""The model file ``medft export --out DIR`` writes into DIR, by format."""
 
 
 def export(
     checkpoint: str | Path,
     out: str | Path,
     *,
-    format: str = "onnx",
-    input_dtype: str = "auto",
+    format: ExportFormat = "onnx",
+    input_dtype: Literal["auto", "uint8", "uint16"] = "auto",
     check: bool = True,
     check_files: Sequence[str | Path] = (),
 ) -> ExportResult:
-    """Export ``checkpoint`` to ``out`` (+ ``out.json`` sidecar) and check it.
+    """Export ``checkpoint`` into the folder ``out`` (model + JSON sidecar) and check it.
 
     Args:
         checkpoint: A medft checkpoint (loaded with ``weights_only=True``).
-        out: The model file to write (``.onnx`` or ``.pt``).
+        out: Folder for model.onnx (or model.pt) and its .json sidecar; a path ending in
+            .onnx or .pt names the model file itself.
         format: ``onnx`` or ``torchscript``.
         input_dtype: ``auto`` (the checkpoint's cache dtype), ``uint8`` or ``uint16``.
         check: Run the exported file and compare it with the Predictor (needs onnxruntime
             for ONNX).
         check_files: Images to check on (default: reproducible synthetic check images).
     """
-    check_output_file(out)  # a bad --out is found before the model is loaded
+    out = output_file_in(
+        out, MODEL_FILES.get(format, "model"), suffixes=(".onnx", ".pt")
+    )  # before any work
     predictor = Predictor.from_checkpoint(checkpoint)
     images = None
     if check:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from medft._io import check_output_dir, write_json
+from medft.data.cache import BadFilePolicy
 from medft.errors import ConfigError
 from medft.eval.ensemble import study_predictor
 from medft.eval.evaluate import write_table
@@ -86,7 +87,7 @@ def predict(
     tta_flip: bool = False,
     batch_size: int = 32,
     num_workers: int = 0,
-    on_bad_file: str = "skip",
+    on_bad_file: BadFilePolicy = "skip",
     include_patient_id: bool = False,
     device: str = "auto",
     quiet: bool | None = None,

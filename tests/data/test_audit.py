@@ -326,7 +326,7 @@ def test_report_files_are_written_self_contained_and_anonymous(audits, tmp_path:
 
 def test_cli_prints_the_warning_writes_files_and_exits_zero(datasets, tmp_path, capsys) -> None:
     csv_path = str(datasets("manufacturer"))
-    args = ["data", "audit", "--manifest", csv_path, "--labels", "abnormal", "--no-probes"]
+    args = ["data", "audit", "--input", csv_path, "--labels", "abnormal", "--no-probes"]
     assert main([*args, "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "Shortcut warning" in out and "<- SHORTCUT" in out
@@ -334,7 +334,7 @@ def test_cli_prints_the_warning_writes_files_and_exits_zero(datasets, tmp_path, 
     assert main([*args, "--json", "--quick", "--threshold", "0.99"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["threshold"] == 0.99 and data["findings"] == [] and data["depth"] == "header"
-    assert main(["data", "audit", "--manifest", str(tmp_path / "missing.csv")]) == 2
+    assert main(["data", "audit", "--input", str(tmp_path / "missing.csv")]) == 2
     assert "manifest not found" in capsys.readouterr().err
 
 

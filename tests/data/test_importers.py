@@ -426,11 +426,11 @@ def test_import_dataset_refuses_unknown_format_and_option(tmp_path: Path) -> Non
 
 def test_cli_data_import(vindr_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "v.csv"
-    assert main(["data", "import", "vindr", "--root", str(vindr_root), "--out", str(out),
+    assert main(["data", "import", "vindr", "--input", str(vindr_root), "--out", str(out),
                  "--rule", "any"]) == 0  # fmt: skip
     assert "wrote 2 images" in capsys.readouterr().out
     assert load_manifest(out).table["nodule_mass"].sum() == 1
-    assert main(["data", "import", "nih", "--root", str(vindr_root), "--out", str(out)]) == 2
+    assert main(["data", "import", "nih", "--input", str(vindr_root), "--out", str(out)]) == 2
 
 
 # --------------------------------------------------------------------------- configs
@@ -461,8 +461,15 @@ def test_config_parses_and_names_importer_labels(name: str, capsys: pytest.Captu
     assert f"medft data import {name}" in path.read_text()
 
 
+def test_cli_data_import_writes_into_the_out_folder(vindr_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "vindr"
+    assert main(["data", "import", "vindr", "--input", str(vindr_root), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "manifest_boxes.csv"]
+    assert len(load_manifest(out / "manifest.csv").table) == 2
+
+
 def test_cli_passes_zero_val_fraction(nih_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "nih.csv"
-    args = ["data", "import", "nih", "--root", str(nih_root), "--out", str(out)]
+    args = ["data", "import", "nih", "--input", str(nih_root), "--out", str(out)]
     assert main([*args, "--val-fraction", "0"]) == 0
     assert set(pd.read_csv(out)["split"]) == {"train", "test"}

@@ -282,10 +282,17 @@ def test_compare_is_paired_on_the_same_folds(
     # the noisier model B loses clearly on this data
     assert pooled["Effusion"]["paired_bootstrap"]["difference"] > 0
 
-    out = tmp_path / "compare.json"
-    assert main(["cv", "compare", str(study), str(other), "--out", str(out), "--n-boot", "50"]) == 0
+    folder = tmp_path / "comparison"  # --out is a folder; a .json path names the file itself
+    assert (
+        main(["cv", "compare", str(study), str(other), "--out", str(folder), "--n-boot", "50"]) == 0
+    )
     assert "DeLong" in capsys.readouterr().out
-    assert json.loads(out.read_text())["labels"] == LABELS
+    assert json.loads((folder / "compare.json").read_text())["labels"] == LABELS
+    named = tmp_path / "named.json"
+    assert (
+        main(["cv", "compare", str(study), str(other), "--out", str(named), "--n-boot", "20"]) == 0
+    )
+    assert json.loads(named.read_text())["labels"] == LABELS
 
 
 def test_compare_refuses_different_folds(tmp_path: Path, manifest: Path, study: Path) -> None:

@@ -259,7 +259,7 @@ def test_cli_evaluate(
     code = main(
         [
             "evaluate", "--checkpoint", str(trained["checkpoint"]),
-            "--manifest", str(trained["manifest"]), "--out", str(tmp_path), "--n-boot", "20",
+            "--input", str(trained["manifest"]), "--out", str(tmp_path), "--n-boot", "20",
             "--by", "view",
         ]
     )  # fmt: skip
@@ -275,7 +275,7 @@ def test_cli_reports_a_bad_checkpoint_without_traceback(
     bad = tmp_path / "bad.ckpt"
     shutil.copy(trained["manifest"], bad)
     code = main(
-        ["evaluate", "--checkpoint", str(bad), "--manifest", str(trained["manifest"]),
+        ["evaluate", "--checkpoint", str(bad), "--input", str(trained["manifest"]),
          "--out", str(tmp_path / "out")]
     )  # fmt: skip
     assert code == 2

@@ -141,7 +141,7 @@ def test_every_path_gives_the_same_probability(files: Path, model, tmp_path: Pat
     )
 
     # medft evaluate (labelled manifest)
-    assert main(["evaluate", "--checkpoint", str(checkpoint), "--manifest", str(manifest),
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--input", str(manifest),
                  "--out", str(tmp_path / "evaluate"), "--n-boot", "10"]) == 0  # fmt: skip
     evaluated = pd.read_csv(tmp_path / "evaluate" / "predictions.csv").set_index("path")
     np.testing.assert_allclose(
@@ -182,9 +182,11 @@ def test_onnx_export_matches_the_predictor(files: Path, tmp_path: Path, dtype: s
     import onnxruntime as ort
 
     checkpoint = _checkpoint(tmp_path / "model.ckpt", dtype, SETTINGS[dtype], seed=1)
-    out = tmp_path / "model.onnx"
+    folder = tmp_path / "exported"  # --out is a folder (the .pt test below names the file)
     assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx",
-                 "--out", str(out)]) == 0  # fmt: skip
+                 "--out", str(folder)]) == 0  # fmt: skip
+    out = folder / "model.onnx"
+    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "model.onnx.json"]
     side = json.loads(out.with_name("model.onnx.json").read_text())
     assert side["input"]["dtype"] == dtype and side["labels"] == LABELS
     assert side["preprocessing"]["fit_mode"] == SETTINGS[dtype]

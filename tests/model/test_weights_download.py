@@ -60,7 +60,7 @@ def test_the_cli_leaves_hf_hub_offline_to_the_user(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    assert main(["data", "check", "--manifest", "no/such.csv"]) == 2
+    assert main(["data", "check", "--input", "no/such.csv"]) == 2
     with pytest.raises(SystemExit):
         main(["fit", "--config", "configs/quickstart.yaml", "--print_config"])
     capsys.readouterr()

@@ -63,7 +63,7 @@ def test_evaluating_on_the_training_manifest_warns_with_the_overlap(
     tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "eval"
-    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--manifest",
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--input",
                  str(tiny_dataset), "--out", str(out), "--n-boot", "10"]) == 0  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     seen = metrics["seen_patients"]

@@ -1,6 +1,6 @@
 """Dataset importers: a public X-ray set's own files -> a medft manifest CSV.
 
-``medft data import FORMAT --root DIR --out manifest.csv`` calls :func:`import_dataset`.
+``medft data import FORMAT --input DIR --out manifest.csv`` calls :func:`import_dataset`.
 Each importer maps the set's finding names onto :data:`VOCABULARY`, keeps uncertain
 labels as -1 and unknown ones blank, writes a ``split`` column where the set defines an
 official split, and writes the manifest atomically. See docs/datasets.md.
@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from medft._io import check_output_dir, check_output_file
+from medft._io import check_output_dir, output_file_in
 from medft.data.importers._common import VOCABULARY, ImportResult
 from medft.data.importers.chexpert import CHEXPERT_LABELS, import_chexpert
 from medft.data.importers.folder import import_folder
@@ -56,15 +56,29 @@ IMPORTERS: dict[str, Callable[..., ImportResult]] = {
 """Format name (as on the command line) -> importer."""
 
 
+MANIFEST_CSV = "manifest.csv"
+"""What ``medft data import FORMAT --out DIR`` writes into DIR."""
+
+
 def import_dataset(
     format: str, root: str | os.PathLike[str], out: str | os.PathLike[str], **options: Any
 ) -> ImportResult:
     """Run the importer of ``format`` with the options it accepts.
 
+    Args:
+        format: A key of :data:`IMPORTERS` (``nih``, ``chexpert``, ...).
+        root: The dataset's folder (or, for medmnist, its ``.npz`` file).
+        out: Folder for ``manifest.csv`` (and its sidecars, such as ``manifest_boxes.csv``);
+            a path ending in ``.csv`` names the manifest file itself.
+        options: The importer's own options (see each ``import_*`` function).
+
+    Returns:
+        What was written, with counts (``.format()`` prints it).
+
     Raises:
         ConfigError: Unknown format, or an option that format does not take.
     """
-    check_output_file(out)
+    out = output_file_in(out, MANIFEST_CSV, suffixes=(".csv",))
     if options.get("images_out") is not None:
         check_output_dir(options["images_out"], option="--images-out")
     if format not in IMPORTERS:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
@@ -25,6 +26,9 @@ from medft.errors import DataError
 from medft.progress import progress
 
 log = logging.getLogger(__name__)
+
+MissingPolicy = Literal["error", "skip"]
+"""Listed images that are not on disk: stop (``error``) or leave them out (``skip``)."""
 
 VOCABULARY: dict[str, str] = {
     "atelectasis": "collapse of part of a lung",
@@ -107,7 +111,7 @@ def read_table(path: Path, required: Sequence[str], *, what: str) -> pd.DataFram
     Header names are stripped (SIIM's ``" EncodedPixels"`` has a leading space).
     """
     if not path.is_file():
-        raise DataError(f"{path}: {what} not found; check --root points at the dataset folder")
+        raise DataError(f"{path}: {what} not found; check --input points at the dataset folder")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
     except (pd.errors.ParserError, ValueError, OSError, UnicodeDecodeError) as exc:
@@ -129,7 +133,7 @@ def find_first(root: Path, names: Iterable[str], *, what: str) -> Path:
         if candidate.is_file():
             return candidate
     listed = ", ".join(c.name for c in candidates)
-    raise DataError(f"{root}: no {what} found (looked for {listed}); check --root")
+    raise DataError(f"{root}: no {what} found (looked for {listed}); check --input")
 
 
 def index_files(root: Path, suffixes: Sequence[str]) -> dict[str, Path]:
@@ -153,7 +157,12 @@ def index_files(root: Path, suffixes: Sequence[str]) -> dict[str, Path]:
 
 
 def attach_paths(
-    table: pd.DataFrame, keys: pd.Series, files: dict[str, Path], *, missing: str, root: Path
+    table: pd.DataFrame,
+    keys: pd.Series,
+    files: dict[str, Path],
+    *,
+    missing: MissingPolicy,
+    root: Path,
 ) -> tuple[pd.DataFrame, int]:
     """Set ``table["path"]`` from ``keys`` looked up in ``files``; handle absent images.
 

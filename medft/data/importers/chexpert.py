@@ -15,6 +15,7 @@ import pandas as pd
 
 from medft.data.importers._common import (
     ImportResult,
+    MissingPolicy,
     attach_paths,
     carve_val,
     parse_label_column,
@@ -53,7 +54,7 @@ def import_chexpert(
     blank_negative: bool = False,
     val_fraction: float = 0.1,
     seed: int = 0,
-    missing: str = "error",
+    missing: MissingPolicy = "error",
 ) -> ImportResult:
     """Write a manifest of CheXpert.
 

@@ -13,6 +13,7 @@ import pandas as pd
 
 from medft.data.importers._common import (
     ImportResult,
+    MissingPolicy,
     attach_paths,
     find_first,
     read_table,
@@ -39,7 +40,7 @@ def import_mimic(
     *,
     frontal_only: bool = False,
     blank_negative: bool = False,
-    missing: str = "error",
+    missing: MissingPolicy = "error",
 ) -> ImportResult:
     """Write a manifest of MIMIC-CXR-JPG (v2.0.0 / v2.1.0).
 

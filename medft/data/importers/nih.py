@@ -13,6 +13,7 @@ import pandas as pd
 
 from medft.data.importers._common import (
     ImportResult,
+    MissingPolicy,
     attach_paths,
     carve_val,
     find_first,
@@ -51,7 +52,7 @@ def import_nih(
     *,
     val_fraction: float = 0.1,
     seed: int = 0,
-    missing: str = "error",
+    missing: MissingPolicy = "error",
 ) -> ImportResult:
     """Write a manifest of NIH ChestX-ray14.
 

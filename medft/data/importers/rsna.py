@@ -15,6 +15,7 @@ import pandas as pd
 
 from medft.data.importers._common import (
     ImportResult,
+    MissingPolicy,
     attach_paths,
     index_files,
     read_table,
@@ -33,7 +34,7 @@ def import_rsna(
     root: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    missing: str = "error",
+    missing: MissingPolicy = "error",
 ) -> ImportResult:
     """Write a manifest of the RSNA Pneumonia training set and a ``<out>_boxes.csv`` sidecar.
 

@@ -16,6 +16,7 @@ from pydicom.errors import InvalidDicomError
 
 from medft.data.importers._common import (
     ImportResult,
+    MissingPolicy,
     attach_paths,
     index_files,
     read_table,
@@ -38,7 +39,7 @@ def import_siim(
     root: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    missing: str = "error",
+    missing: MissingPolicy = "error",
 ) -> ImportResult:
     """Write a manifest of SIIM-ACR Pneumothorax and a ``<out>_masks.csv`` sidecar.
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from medft.data.importers._common import (
     ImportResult,
+    MissingPolicy,
     attach_paths,
     check_choice,
     find_first,
@@ -58,8 +60,8 @@ def import_vindr(
     root: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    rule: str = "majority",
-    missing: str = "error",
+    rule: Literal["majority", "any"] = "majority",
+    missing: MissingPolicy = "error",
 ) -> ImportResult:
     """Write a manifest of VinDr-CXR's training set and a ``<out>_boxes.csv`` sidecar.
 
