@@ -231,9 +231,6 @@ def load_benchmark(name: str) -> ModuleType:
         raise ConfigError(f"no benchmark module medft.benchmarks.{name}") from exc
 
 
-load_script = load_benchmark  # the former name (tests/test_demo_load.py uses it)
-
-
 def benchmark_registry() -> dict[str, BenchFn]:
     """Benchmark name -> ``fn(quick) -> results``: ``BENCHMARKS`` of the registry module."""
     from medft.benchmarks.registry import BENCHMARKS

@@ -11,9 +11,7 @@ import re
 
 import pytest
 
-from medft.bench import load_script
-
-demo_load = load_script("demo_load")
+from medft.benchmarks import demo_load
 
 CLIENTS = 8
 REQUESTS = 40
