@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -52,7 +52,9 @@ VINDR_LABELS: dict[str, str] = {
 NO_FINDING = "No finding"
 LABEL_TABLES = ("train.csv", "annotations/annotations_train.csv")
 """Kaggle's table, then PhysioNet's (same columns; its extra local labels are snake_cased)."""
-RULES = ("majority", "any")
+ReaderRule = Literal["majority", "any"]
+"""How the readers' marks of one image become its label."""
+RULES: tuple[str, ...] = get_args(ReaderRule)
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 
 
@@ -60,7 +62,7 @@ def import_vindr(
     root: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    rule: Literal["majority", "any"] = "majority",
+    rule: ReaderRule = "majority",
     missing: MissingPolicy = "error",
 ) -> ImportResult:
     """Write a manifest of VinDr-CXR's training set and a ``<out>_boxes.csv`` sidecar.
@@ -69,7 +71,8 @@ def import_vindr(
         root: The dataset folder (``train.csv`` or ``annotations/annotations_train.csv``;
             DICOMs ``train/<image_id>.dicom`` or ``.dcm`` anywhere below).
         out: The manifest CSV to write.
-        rule: ``majority`` or ``any`` (see the module docstring).
+        rule: How the three readers' marks make an image label: ``majority`` (at least 2 of
+            3 radiologists) or ``any`` (at least one).
         missing: ``error`` or ``skip`` for listed images that are not on disk.
 
     The sidecar has every radiologist's box: ``path``, ``label``, ``rad_id`` and
