@@ -98,13 +98,15 @@ def _group_parser(name: str) -> argparse.ArgumentParser:
 
 
 def _children(prefix: str) -> list[tuple[str, str]]:
-    """(next word, summary) of the commands and groups directly under ``prefix``."""
+    """(next word, summary) of the commands and groups directly under ``prefix``, in order."""
     depth = len(prefix.split()) if prefix else 0
     found: dict[str, str] = {}
-    for name, summary in [*((c.name, c.summary) for c in COMMANDS), *GROUPS.items()]:
-        words = name.split()
-        if len(words) == depth + 1 and " ".join(words[:depth]) == prefix:
-            found.setdefault(words[-1], summary)
+    for command in COMMANDS:
+        words = command.name.split()
+        if len(words) <= depth or " ".join(words[:depth]) != prefix:
+            continue
+        child = " ".join(words[: depth + 1])
+        found.setdefault(words[depth], GROUPS.get(child, command.summary))
     return list(found.items())
 
 
