@@ -233,7 +233,7 @@ def load_benchmark(name: str) -> ModuleType:
 
 def benchmark_registry() -> dict[str, BenchFn]:
     """Benchmark name -> ``fn(quick) -> results``: ``BENCHMARKS`` of the registry module."""
-    from medft.benchmarks.registry import BENCHMARKS
+    from medft.benchmarks.registry import BENCHMARKS  # tools, imported only to run them
 
     return dict(BENCHMARKS)
 
@@ -321,7 +321,7 @@ def run_scale_benchmark(
     """
     check_output_dir(out)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from medft.benchmarks import scale
+    from medft.benchmarks import scale  # tools, imported only to run them
 
     return scale.run_scale(
         out,

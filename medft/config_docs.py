@@ -17,6 +17,9 @@ from typing import Any
 
 import yaml
 
+from medft.lightning_cli import run_lightning
+from medft.quickstart import recipe_path
+
 HEADER = """# Config keys
 
 Every `medft fit|validate|test|predict` option is a config key: the `__init__` arguments of
@@ -77,9 +80,6 @@ TOP_LEVEL = {
 
 def print_config() -> dict[str, Any]:
     """The quickstart recipe as ``medft fit --print_config`` resolves it (parsed YAML)."""
-    from medft.lightning_cli import run_lightning
-    from medft.quickstart import recipe_path
-
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer), contextlib.suppress(SystemExit):
         run_lightning("fit", ["--config", str(recipe_path()), "--print_config"])

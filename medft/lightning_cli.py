@@ -27,14 +27,17 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from medft import signals
 from medft._io import atomic_path, fsync_dir
-from medft.data.datamodule import XrayDataModule
+from medft.data.datamodule import XrayDataModule, default_cache_dir
 from medft.data.loader_monitor import LoaderMonitor
 from medft.errors import CheckpointError, ConfigError
+from medft.eval.callbacks import OperatingPointCallback
 from medft.model.averaging import WeightEMA
 from medft.model.checkpoint import is_remote, local_checkpoint, read_checkpoint, safe_torch_load
 from medft.model.forgetting import ForgettingMeter
 from medft.model.l2sp import L2SP
 from medft.model.module import XrayClassifier
+from medft.provenance import write_run_json
+from medft.tracking import log_run_artifacts
 
 DEFAULT_ROOT = "medft-runs/run"
 _LIGHTNING_CKPT_NAMES = ("last", "best", "hpc")
@@ -130,8 +133,6 @@ def trainer_defaults() -> dict[str, Any]:
     No ``LearningRateMonitor``: the model logs ``lr/<group>`` itself every epoch, and
     every callback costs Lightning's dispatch on each of a step's hooks.
     """
-    from medft.eval.callbacks import OperatingPointCallback
-
     return {
         "default_root_dir": DEFAULT_ROOT,
         "max_epochs": 10,
@@ -311,16 +312,12 @@ class MedftLightningCLI(LightningCLI):
             return
         import yaml
 
-        from medft.provenance import write_run_json
-
         resolved = yaml.safe_load(self.parser.dump(self.config, skip_check=True)) or {}
         config = resolved.get(self.subcommand, resolved) if self.subcommand else resolved
         write_run_json(self.trainer.default_root_dir, config=config)
 
     def after_fit(self) -> None:
         """Give MLflow loggers the run's config.yaml and run.json, and say which run it is."""
-        from medft.tracking import log_run_artifacts
-
         for run_id in log_run_artifacts(self.trainer):
             print(f"MLflow run {run_id}: metrics, config.yaml and run.json logged")
 
@@ -373,8 +370,6 @@ def _check_free_space(root: str, config: Namespace, *, fit: bool) -> None:
             what = f"{files} checkpoint(s) of ~{_size(per_file)} each"
             needs.append((root, per_file * files, what))
     if config.get("data.cache") == "disk":
-        from medft.data.datamodule import default_cache_dir
-
         folder = config.get("data.cache_dir") or str(default_cache_dir())
         needs.append((folder, _disk_cache_bytes(config, folder), "the disk cache"))
 

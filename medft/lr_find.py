@@ -34,6 +34,7 @@ from lightning.pytorch.callbacks import LearningRateFinder
 
 from medft._io import write_bytes, write_json
 from medft.errors import ConfigError
+from medft.lightning_cli import run_lightning
 
 __all__ = ["PHASES", "LrFindResult", "debias", "find_learning_rates", "format_results", "suggest"]
 
@@ -183,8 +184,6 @@ def find_learning_rates(
     Raises:
         ConfigError: An unknown phase or an impossible range.
     """
-    from medft.lightning_cli import run_lightning
-
     unknown = [p for p in phases if p not in PHASES]
     if unknown or not phases:
         raise ConfigError(f"lr-find: phases must be among {', '.join(PHASES)}, got {unknown}")

@@ -18,6 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from medft._io import write_json
+
 __all__ = [
     "RUN_JSON",
     "STACK",
@@ -156,8 +158,6 @@ def write_run_json(
     Returns:
         The path written.
     """
-    from medft._io import write_json
-
     record = run_record(argv=argv, settings={k: _plain(v) for k, v in (settings or {}).items()})
     if config is not None:
         record["config"] = dict(config)

@@ -53,6 +53,7 @@ def run_quickstart(
         extra_args: More LightningCLI overrides for the fit (Python callers).
         quiet: Print nothing but errors.
     """
+    # Imported here so `medft quickstart --help` (which reads this signature) stays instant.
     from medft.data.synth import synthesize
     from medft.lightning_cli import best_checkpoint_path, last_checkpoint_path, run_lightning
 

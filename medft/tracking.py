@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from medft.provenance import RUN_JSON
+
 __all__ = ["log_folder", "log_run_artifacts", "mlflow_loggers"]
 
 CONFIG_NAME = "config.yaml"
@@ -36,8 +38,6 @@ def log_run_artifacts(trainer: Any) -> list[str]:
     loggers = mlflow_loggers(trainer)
     if not loggers:
         return []
-    from medft.provenance import RUN_JSON
-
     root = Path(trainer.default_root_dir)
     files = [root / RUN_JSON]
     for folder in dict.fromkeys([trainer.log_dir, str(root)]):

@@ -240,3 +240,18 @@ def test_out_names_a_folder_or_the_file_itself(tmp_path: Path) -> None:
     assert (tmp_path / "d").is_dir()
     assert output_file_in(tmp_path / "x.onnx", "m.onnx", suffixes=(".onnx",)) == tmp_path / "x.onnx"
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("words", [[], ["quickstart"], ["synth"], ["data", "check"], ["demo"]])
+def test_help_of_light_commands_imports_no_torch(words: list[str]) -> None:
+    """Reading a signature must not import the heavy stack: `medft quickstart --help` is instant."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom medft.cli import main\n"
+        f"try:\n    main({[*words, '--help']!r})\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, 'lightning' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False False"

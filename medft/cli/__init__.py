@@ -4,6 +4,9 @@ Every subcommand is declared once, by the function it runs (medft/cli/commands.p
 module finds the command named on the command line, builds its parser from that
 function's signature, runs it and prints the result. Errors medft raises on purpose
 (:class:`MedftError`) are printed as one clear message without a traceback, exit status 2.
+
+The library is imported inside functions here and in commands.py, on purpose: ``medft
+--help`` and a mistyped option must answer without importing torch.
 """
 
 from __future__ import annotations

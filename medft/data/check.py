@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from medft.data.dicom import load_image
 from medft.data.manifest import Manifest, load_manifest
 from medft.errors import ConfigError, MedftError
 from medft.progress import Progress, progress
@@ -238,8 +239,6 @@ def _reason(path: str, message: str) -> str:
 def _read_chunk(paths: Sequence[str], read_fn: ReadFn | None) -> list[FileResult]:
     """Read a batch of files (runs in a worker process)."""
     if read_fn is None:
-        from medft.data.dicom import load_image
-
         read_fn = load_image
     return [_read_one(path, read_fn) for path in paths]
 

@@ -550,7 +550,7 @@ class XrayDataModule(L.LightningDataModule):
         The report goes to ``<run_dir>/audit``; a warning is logged and kept in
         ``audit_warning`` so the checkpoint, evaluate's report and the demo repeat it.
         """
-        from medft.data.audit import audit_manifest
+        from medft.data.audit import audit_manifest  # scikit-learn; only when a fit audits
 
         self._audited = True
         try:

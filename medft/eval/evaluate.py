@@ -29,7 +29,7 @@ import pandas as pd
 from medft import __version__
 from medft._io import atomic_path, check_output_dir, write_bytes, write_json, write_text
 from medft.data.cache import BadFilePolicy
-from medft.data.manifest import UncertainPolicy
+from medft.data.manifest import UncertainPolicy, load_manifest
 from medft.errors import ConfigError
 from medft.eval import plots
 from medft.eval.calibration import apply_temperature, brier_score, expected_calibration_error
@@ -320,8 +320,6 @@ def evaluate(
     Returns:
         The dictionary written to ``metrics.json``.
     """
-    from medft.data.manifest import load_manifest
-
     check_output_dir(out)  # a bad --out is found now, not after the inference
     if aggregate not in LEVELS:
         raise ConfigError(f"aggregate={aggregate!r} is not one of {', '.join(LEVELS)}")

@@ -23,6 +23,7 @@ from pydicom.uid import UID, generate_uid
 from medft import __version__
 from medft.errors import ConfigError, DicomReadError
 from medft.inference import checkpoint_sha256
+from medft.model.checkpoint import read_checkpoint
 
 #: Shown on every capture and in every result series' description.
 RESEARCH_BANNER = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
@@ -104,8 +105,6 @@ class ModelInfo:
         """Hash the checkpoint file and read its backbone name (safe loading)."""
         path = Path(path)
         if name is None:
-            from medft.model.checkpoint import read_checkpoint
-
             hparams = read_checkpoint(path).get("hyper_parameters") or {}
             name = str(hparams.get("backbone") or "unknown")
         return cls(name=name, version=__version__, checkpoint_sha256=file_sha256(path))

@@ -22,7 +22,7 @@ import pandas as pd
 from medft._io import atomic_path
 from medft.data.manifest import load_manifest
 from medft.data.splits import inner_split
-from medft.errors import DataError
+from medft.errors import ConfigError, DataError
 from medft.progress import progress
 
 log = logging.getLogger(__name__)
@@ -192,8 +192,6 @@ def attach_paths(
 
 def check_choice(key: str, value: str, allowed: Sequence[str]) -> None:
     """Raise :class:`~medft.errors.ConfigError` unless ``value`` is one of ``allowed``."""
-    from medft.errors import ConfigError
-
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not allowed; use one of {', '.join(allowed)}")
 
