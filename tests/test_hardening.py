@@ -319,8 +319,14 @@ _FILE_COMMANDS = {  # the same commands given their file by name (--out m.csv), 
 }
 
 
-@pytest.mark.parametrize("fault", ["is-file", "under-a-file", "read-only-mount"])
-@pytest.mark.parametrize("command", [*_DIR_COMMANDS, *_FILE_COMMANDS])
+@pytest.mark.parametrize(
+    ("command", "fault"),
+    [
+        *((c, f) for c in _DIR_COMMANDS for f in ("is-file", "under-a-file", "read-only-mount")),
+        # a folder named m.csv is a folder (the file goes inside it), so no "is-file" here
+        *((c, f) for c in _FILE_COMMANDS for f in ("under-a-file", "read-only-mount")),
+    ],
+)
 def test_unusable_out_is_one_line_before_any_work(
     command: str, fault: str, tmp_path: Path, request: pytest.FixtureRequest, capsys
 ) -> None:
@@ -329,8 +335,6 @@ def test_unusable_out_is_one_line_before_any_work(
     a_file.write_text("x")
     file_name = command.split()[-1] if command in _FILE_COMMANDS else ""
     if fault == "is-file":
-        if file_name:
-            pytest.skip("a folder named m.csv is a folder: the file goes inside it")
         out = a_file
     elif fault == "under-a-file":
         out = a_file / "sub" / file_name
