@@ -134,7 +134,8 @@ def add_function_options(parser: argparse.ArgumentParser, spec: FunctionOptions)
             dest=word,
             required=required and not old,
             default=_parser_default(default),
-            help=_help(text, None if required or _is_flag(kind) else default),
+            help=_help(text, None if required or _is_flag(kind) else default)
+            + (" (required)" if required and old else ""),  # argparse shows it as optional
             **kind,
         )
         if old:
