@@ -114,8 +114,6 @@ def test_a_wrong_type_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
          "workers", 3, "--num-workers"),
         (["explain", "--checkpoint", "c", "--input", "i", "--out", "o", "--findings", "a", "b"],
          "labels", ["a", "b"], "--findings"),
-        (["lr-find", "--config", "c.yaml", "--out", "o", "--phase", "head"], "phases", ["head"],
-         "--phase"),
     ],
 )  # fmt: skip
 def test_old_option_names_still_work_with_a_note(
@@ -255,3 +253,42 @@ def test_help_of_light_commands_imports_no_torch(words: list[str]) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_old_lr_find_phase_still_works_including_both(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import functools
+
+    import medft.lr_find
+
+    calls: list[tuple] = []
+
+    @functools.wraps(medft.lr_find.find_learning_rates)  # the command reads its options here
+    def fake(*args: object, **kwargs: object) -> list:
+        calls.append(kwargs["phases"])
+        return []
+
+    monkeypatch.setattr(medft.lr_find, "find_learning_rates", fake)
+    monkeypatch.setattr(medft.lr_find, "format_results", lambda results, out: "")
+    for old, phases in [("both", ("head", "unfrozen")), ("unfrozen", ("unfrozen",))]:
+        assert main(["lr-find", "--config", "c.yaml", "--out", "o", "--phase", old]) == 0
+        assert calls.pop() == phases
+        assert "medft: note: --phase" in capsys.readouterr().err
+    assert main(["lr-find", "--config", "c.yaml", "--out", "o", "--phases", "head"]) == 0
+    assert calls.pop() == ("head",)
+
+
+def test_old_bench_scale_flag_runs_the_scale_benchmark(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import medft.bench
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(
+        medft.bench, "run_scale_benchmark", lambda out, **kw: calls.append((out, kw)) or []
+    )
+    argv = ["bench", "--out", str(tmp_path), "--scale", "--scale-sizes", "64", "128", "--keep"]
+    assert main(argv) == 0
+    assert calls == [(str(tmp_path), {"sizes": [64, 128], "keep": True})]
+    assert "medft bench scale" in capsys.readouterr().err

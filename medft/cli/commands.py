@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,10 +200,20 @@ def _show_send(args: argparse.Namespace, command: Command) -> int:
 
 
 def _show_lr_find(args: argparse.Namespace, command: Command) -> int:
-    from medft.lr_find import format_results
+    from medft.lr_find import PHASES, format_results
 
+    if args.phase is not None:  # the old spelling, which also took "both"
+        args.phases = PHASES if args.phase == "both" else (args.phase,)
+        _note(f"--phase {args.phase} is now --phases {' '.join(args.phases)}")
     print(format_results(command.call(args, overrides=_trailing(args)), args.out))
     return 0
+
+
+def add_old_lr_find_options(parser: argparse.ArgumentParser) -> None:
+    """``--phase head|unfrozen|both`` of earlier releases (hidden; ``--phases`` replaces it)."""
+    parser.add_argument(
+        "--phase", choices=("head", "unfrozen", "both"), default=None, help=argparse.SUPPRESS
+    )
 
 
 def _show_weights(args: argparse.Namespace, command: Command) -> int:
@@ -226,8 +237,26 @@ def _show_demo(args: argparse.Namespace, command: Command) -> int:
 
 
 def _show_bench(args: argparse.Namespace, command: Command) -> int:
+    if getattr(args, "scale", False):  # the old spelling of `medft bench scale`
+        from medft.bench import run_scale_benchmark
+
+        _note("--scale is now its own command: medft bench scale --out DIR [--sizes N ...]")
+        run_scale_benchmark(args.out, sizes=args.scale_sizes, keep=args.keep)
+        return 0
     command.call(args)
     return 0
+
+
+def add_old_bench_options(parser: argparse.ArgumentParser) -> None:
+    """``--scale [--scale-sizes N ...] [--keep]`` of earlier releases (hidden)."""
+    parser.add_argument("--scale", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--scale-sizes", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
+
+
+def _note(message: str) -> None:
+    """One line on stderr about an old spelling that still works."""
+    print(f"medft: note: {message} (the old form still works for now)", file=sys.stderr)
 
 
 def _trailing(args: argparse.Namespace) -> list[str]:
@@ -460,13 +489,13 @@ COMMANDS: tuple[Command, ...] = (
             FunctionOptions(
                 "medft.lr_find:find_learning_rates",
                 skip=frozenset({"overrides", "say"}),
-                deprecated={"phases": ("--phase",)},
             ),
         ),
         _show_lr_find,
         description="Lightning's LR finder on a fit config: prints suggested rates and saves "
         "plots.",
         trailing="after `--`: LightningCLI overrides (--data.manifest m.csv)",
+        arguments="medft.cli.commands:add_old_lr_find_options",
     ),
     Command(
         "weights pull",
@@ -489,6 +518,7 @@ COMMANDS: tuple[Command, ...] = (
         "medft bench --out bench --quick",
         (FunctionOptions("medft.bench:run_benchmarks", skip=frozenset({"registry", "echo"})),),
         _show_bench,
+        arguments="medft.cli.commands:add_old_bench_options",
     ),
     Command(
         "bench scale",
