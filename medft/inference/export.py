@@ -9,6 +9,10 @@ multiclass) and the temperature. Its output is the calibrated probabilities ``(N
 What must happen *before* it (reading the file, the display chain, fitting into the square,
 quantising) is written in the sidecar, ``<model>.json``, with the labels, the thresholds and
 the versions, so the model can run where medft is not installed (docs/inference.md).
+
+An ensemble (several checkpoints, or a ``medft cv`` study's fold models) is exported as one
+graph: every member with its own normalisation and temperature, and the mean of the
+members' calibrated probabilities out, exactly what the ensemble Predictor returns.
 """
 
 from __future__ import annotations
@@ -27,10 +31,17 @@ from torch import nn
 
 from medft._io import atomic_path, write_json
 from medft.errors import ConfigError, MedftError
-from medft.inference.predictor import Predictor
+from medft.inference.predictor import CHECKPOINT_DEFAULTS, Predictor
 from medft.provenance import software_versions
 
-__all__ = ["EXPORT_FORMATS", "ExportResult", "ExportedClassifier", "export_predictor", "sidecar"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "ExportResult",
+    "ExportedClassifier",
+    "ExportedEnsemble",
+    "export_predictor",
+    "sidecar",
+]
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 ExportFormat = Literal["onnx", "torchscript"]
@@ -77,6 +88,31 @@ class ExportedClassifier(nn.Module):
         return (logits * self.inv_temperature).sigmoid()
 
 
+class ExportedEnsemble(nn.Module):
+    """Several :class:`ExportedClassifier` members; the mean of their calibrated probabilities.
+
+    This is how an ensemble Predictor combines its members (for multiclass too: the mean
+    of the members' softmax outputs), so one graph gives the ensemble's answer.
+
+    Args:
+        members: One exported module per checkpoint, all taking the same input.
+    """
+
+    def __init__(self, members: Sequence[ExportedClassifier]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ConfigError("an exported ensemble needs at least two members")
+        self.members = nn.ModuleList(members)
+        self.register_buffer("inv_count", torch.tensor(1.0 / len(members)))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, S, S)`` integer pixels -> ``(N, L)`` mean calibrated probabilities."""
+        total = self.members[0](image)
+        for member in self.members[1:]:
+            total = total + member(image)
+        return total * self.inv_count
+
+
 @dataclass
 class ExportResult:
     """Where the export went and how well it matches the Predictor.
@@ -114,16 +150,40 @@ def _input_dtype(predictor: Predictor, input_dtype: str) -> str:
     return dtype
 
 
-def exported_module(predictor: Predictor, input_dtype: str = "auto") -> ExportedClassifier:
-    """The module that is exported: the Predictor's single model with its post-processing."""
-    member = predictor.single()
+def _check_members(predictor: Predictor) -> None:
+    """One graph takes one input: members must share image size, cache dtype and fit mode."""
+    first = predictor.members[0]
+    for member in predictor.members[1:]:
+        for key, default in CHECKPOINT_DEFAULTS.items():
+            mine, theirs = member.meta.get(key, default), first.meta.get(key, default)
+            if mine != theirs:
+                raise ConfigError(
+                    f"{member.path or 'checkpoint'}: {key} {mine!r}, but the first member's is "
+                    f"{theirs!r}; an ensemble is exported as one graph only when its members "
+                    "share image_size, cache_dtype and fit_mode"
+                )
+
+
+def exported_module(
+    predictor: Predictor, input_dtype: str = "auto"
+) -> ExportedClassifier | ExportedEnsemble:
+    """The module that is exported: the Predictor's model(s) with their post-processing.
+
+    One member gives an :class:`ExportedClassifier`; several give an
+    :class:`ExportedEnsemble` of them (each with its own normalisation and temperature).
+    """
+    _check_members(predictor)
     dtype = _input_dtype(predictor, input_dtype)
-    module = ExportedClassifier(
-        member.model,
-        temperature=predictor.temperature,
-        max_value=float(np.iinfo(dtype).max),
-        multiclass=predictor.task == "multiclass",
-    )
+    modules = [
+        ExportedClassifier(
+            member.model,
+            temperature=temperature,
+            max_value=float(np.iinfo(dtype).max),
+            multiclass=predictor.task == "multiclass",
+        )
+        for member, temperature in zip(predictor.members, predictor.temperatures, strict=True)
+    ]
+    module = modules[0] if len(modules) == 1 else ExportedEnsemble(modules)
     return module.eval()
 
 
@@ -131,6 +191,17 @@ def sidecar(predictor: Predictor, fmt: str, input_dtype: str) -> dict[str, Any]:
     """The JSON that travels with an exported model: its contract and provenance."""
     info = predictor.info()
     size = predictor.image_size
+    members = info["checkpoints"]
+    multiclass = predictor.task == "multiclass"
+    if len(members) == 1:
+        meaning = (
+            "calibrated probabilities (softmax across classes for multiclass)"
+            if multiclass
+            else "calibrated probability per finding: sigmoid(logit / temperature)"
+        )
+    else:
+        each = "softmax across classes" if multiclass else "sigmoid(logit / its temperature)"
+        meaning = f"mean of the {len(members)} members' calibrated probabilities ({each})"
     return {
         "format": fmt,
         "input": {
@@ -143,9 +214,7 @@ def sidecar(predictor: Predictor, fmt: str, input_dtype: str) -> dict[str, Any]:
         "output": {
             "name": OUTPUT_NAME,
             "shape": ["N", len(predictor.labels)],
-            "meaning": "calibrated probabilities (softmax across classes for multiclass)"
-            if predictor.task == "multiclass"
-            else "calibrated probability per finding: sigmoid(logit / temperature)",
+            "meaning": meaning,
         },
         "labels": list(predictor.labels),
         "task": predictor.task,
@@ -162,7 +231,8 @@ def sidecar(predictor: Predictor, fmt: str, input_dtype: str) -> dict[str, Any]:
             "with 0; crop: scale the short side to image_size and centre-crop",
             "quantise": "round(clip(x, 0, 1) * max) to the input dtype",
         },
-        "checkpoint": info["checkpoints"][0],
+        "checkpoint": members[0] if len(members) == 1 else None,
+        "members": members,
         "exported_with": software_versions(),
     }
 
@@ -175,10 +245,11 @@ def export_predictor(
     input_dtype: str = "auto",
     check_images: torch.Tensor | None = None,
 ) -> ExportResult:
-    """Export a single-model Predictor to ``out`` (+ ``out.json``), optionally checked.
+    """Export a Predictor to ``out`` (+ ``out.json``) as one graph, optionally checked.
 
     Args:
-        predictor: One checkpoint's Predictor (ensembles are not exported as one graph).
+        predictor: One checkpoint's Predictor, or an ensemble's (one graph: the mean of the
+            members' calibrated probabilities; its thresholds go into the sidecar).
         out: The model file to write.
         format: ``onnx`` or ``torchscript``.
         input_dtype: ``auto`` (the checkpoint's cache dtype), ``uint8`` or ``uint16``.
@@ -187,7 +258,8 @@ def export_predictor(
             on them (ONNX is run with onnxruntime, TorchScript with torch.jit.load).
 
     Raises:
-        ConfigError: An unknown format, or the check disagrees by more than 1e-4.
+        ConfigError: An unknown format, ensemble members with different image size, cache
+            dtype or fit mode, or the check disagrees by more than 1e-4.
     """
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"--format {format!r} is not one of {', '.join(EXPORT_FORMATS)}")

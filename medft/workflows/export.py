@@ -1,4 +1,8 @@
-"""``medft export``: a checkpoint as an ONNX or TorchScript file, checked against medft.
+"""``medft export``: a model as an ONNX or TorchScript file, checked against medft.
+
+The model is one checkpoint, several (an ensemble), or the fold models of a ``medft cv``
+study; an ensemble becomes one graph that returns the mean of its members' calibrated
+probabilities, with the ensemble's thresholds (a study's out-of-fold ones) in the sidecar.
 
 The export is verified before it is handed over: the file is run (onnxruntime for ONNX,
 ``torch.jit.load`` for TorchScript) on check images and must reproduce the
@@ -12,13 +16,14 @@ from pathlib import Path
 from typing import Literal
 
 from medft._io import output_file_in
-from medft.inference import Predictor
+from medft.errors import ConfigError
 from medft.inference.export import (
     ExportResult,
     check_inputs,
     export_predictor,
     random_check_images,
 )
+from medft.workflows.predict import build_predictor
 
 __all__ = ["MODEL_FILES", "ExportFormat", "export"]
 
@@ -28,18 +33,22 @@ MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 
 
 def export(
-    checkpoint: str | Path,
-    out: str | Path,
+    checkpoint: Sequence[str | Path] | None = None,
     *,
+    study: str | Path | None = None,
+    out: str | Path,
     format: ExportFormat = "onnx",
     input_dtype: Literal["auto", "uint8", "uint16"] = "auto",
     check: bool = True,
     check_files: Sequence[str | Path] = (),
 ) -> ExportResult:
-    """Export ``checkpoint`` into the folder ``out`` (model + JSON sidecar) and check it.
+    """Export a model into the folder ``out`` (model + JSON sidecar) and check it.
 
     Args:
-        checkpoint: A medft checkpoint (loaded with ``weights_only=True``).
+        checkpoint: One checkpoint, or several for an ensemble (mean calibrated probability),
+            exported as one graph (loaded with ``weights_only=True``).
+        study: A ``medft cv`` folder: its fold models as an ensemble, with the operating
+            point chosen on the study's out-of-fold predictions.
         out: Folder for model.onnx (or model.pt) and its .json sidecar; a path ending in
             .onnx or .pt names the model file itself.
         format: ``onnx`` or ``torchscript``.
@@ -47,11 +56,20 @@ def export(
         check: Run the exported file and compare it with the Predictor (needs onnxruntime
             for ONNX).
         check_files: Images to check on (default: reproducible synthetic check images).
+
+    Raises:
+        ConfigError: Neither or both of ``checkpoint`` and ``study``; ensemble members
+            that differ in labels or preprocessing; the check disagrees by more than 1e-4.
     """
+    checkpoints = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint or ())
+    if study is not None and checkpoints:  # before --out is created
+        raise ConfigError("give either --checkpoint (one or more) or --study, not both")
+    if study is None and not checkpoints:
+        raise ConfigError("give a model: --checkpoint CKPT (repeatable) or --study DIR")
     out = output_file_in(
         out, MODEL_FILES.get(format, "model"), suffixes=(".onnx", ".pt")
     )  # before any work
-    predictor = Predictor.from_checkpoint(checkpoint)
+    predictor = build_predictor(checkpoints, study=study)
     images = None
     if check:
         images = check_inputs(predictor, check_files) if check_files else None
