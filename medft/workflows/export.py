@@ -34,9 +34,9 @@ MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 
 def export(
     checkpoint: Sequence[str | Path] | None = None,
+    out: str | Path = "medft-export",
     *,
     study: str | Path | None = None,
-    out: str | Path,
     format: ExportFormat = "onnx",
     input_dtype: Literal["auto", "uint8", "uint16"] = "auto",
     check: bool = True,
