@@ -83,6 +83,31 @@ def tiny_checkpoint(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
+def tiny_study(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 2-fold `medft cv` study of test_efficientnet (uint16, crop) on the tiny data.
+
+    Made once per session; tests read it and write elsewhere.
+    """
+    import yaml
+
+    from medft.cli import main
+
+    root = tmp_path_factory.mktemp("tiny_study")
+    base = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text(encoding="utf-8"))
+    base["trainer"].update(max_epochs=1, enable_progress_bar=False, enable_model_summary=False)
+    base["model"].update(backbone="test_efficientnet", pretrained=False)
+    base["data"].update(
+        manifest=str(tiny_dataset), image_size=48, batch_size=8, num_workers=0,
+        cache_dtype="uint16", fit_mode="crop",
+    )  # fmt: skip
+    config = root / "cv.yaml"
+    config.write_text(yaml.safe_dump(base), encoding="utf-8")
+    study = root / "study"
+    assert main(["cv", "--config", str(config), "--folds", "2", "--out", str(study)]) == 0
+    return study
+
+
+@pytest.fixture(scope="session")
 def fit_args():
     """The :func:`tiny_fit_args` builder, for tests that assemble their own fit."""
     return tiny_fit_args

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from medft.cli import main
 from medft.errors import ConfigError
@@ -134,21 +133,9 @@ def test_the_model_comes_from_checkpoints_or_a_study(members: list[Path], tmp_pa
 
 
 @pytest.mark.slow
-def test_a_study_exports_with_its_out_of_fold_threshold(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_a_study_exports_with_its_out_of_fold_threshold(tiny_study: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    config = tmp_path / "cv.yaml"
-    root = Path(__file__).resolve().parents[2]
-    base = yaml.safe_load((root / "configs" / "quickstart.yaml").read_text())
-    base["trainer"].update(max_epochs=1, enable_progress_bar=False, enable_model_summary=False)
-    base["model"].update(backbone="test_efficientnet", pretrained=False)
-    base["data"].update(
-        manifest=str(tiny_dataset), image_size=48, batch_size=8, num_workers=0,
-        cache_dtype="uint16", fit_mode="crop",
-    )  # fmt: skip
-    config.write_text(yaml.safe_dump(base))
-    study = tmp_path / "study"
-    assert main(["cv", "--config", str(config), "--folds", "2", "--out", str(study)]) == 0
-
+    study = tiny_study
     folder = tmp_path / "exported"
     assert main(["export", "--study", str(study), "--out", str(folder)]) == 0
     side = json.loads((folder / "model.onnx.json").read_text())

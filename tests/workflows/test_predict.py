@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from medft.cli import main
 from medft.inference import Predictor
@@ -161,20 +160,9 @@ def test_model_sources_are_exclusive(tiny_checkpoint: Path, unlabelled: Path, tm
 
 @pytest.mark.slow
 def test_study_ensemble_with_out_of_fold_threshold(
-    tiny_dataset: Path, tmp_path: Path, unlabelled: Path
+    tiny_study: Path, tmp_path: Path, unlabelled: Path
 ) -> None:
-    config = tmp_path / "cv.yaml"
-    root = Path(__file__).resolve().parents[2]
-    base = yaml.safe_load((root / "configs" / "quickstart.yaml").read_text())
-    base["trainer"].update(max_epochs=1, enable_progress_bar=False, enable_model_summary=False)
-    base["model"].update(backbone="test_efficientnet", pretrained=False)
-    base["data"].update(
-        manifest=str(tiny_dataset), image_size=48, batch_size=8, num_workers=0,
-        cache_dtype="uint16", fit_mode="crop",
-    )  # fmt: skip
-    config.write_text(yaml.safe_dump(base))
-    study = tmp_path / "study"
-    assert main(["cv", "--config", str(config), "--folds", "2", "--out", str(study)]) == 0
+    study = tiny_study
     out = tmp_path / "ens"
     assert main(["predict", "--study", str(study), "--input", str(unlabelled),
                  "--out", str(out), "--quiet"]) == 0  # fmt: skip
