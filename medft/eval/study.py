@@ -53,6 +53,7 @@ from medft.errors import ConfigError, DataError, MedftError
 __all__ = [
     "AUDIT_DIR",
     "CONFIG_YAML",
+    "DATA_SETTINGS",
     "DONE",
     "FOLDS_CSV",
     "OOF_CSV",
@@ -63,9 +64,9 @@ __all__ = [
     "FoldId",
     "IncompleteStudyError",
     "check_coverage",
+    "check_data_settings",
     "collect_predictions",
     "collect_skipped",
-    "data_settings",
     "finished_folds",
     "fold_dir",
     "fold_ids",
@@ -73,7 +74,6 @@ __all__ = [
     "load_study_manifest",
     "missing_folds",
     "now_utc",
-    "override_value",
     "prepare",
     "read_study",
     "relative_to",
@@ -137,29 +137,16 @@ def study_config(config: str | Path | Mapping[str, Any], out: Path) -> Path:
     return path
 
 
-def override_value(overrides: Sequence[str], key: str) -> str | None:
-    """The last value given for ``--key VALUE`` or ``--key=VALUE`` in the overrides."""
-    flag = f"--{key}"
-    found = None
-    for i, word in enumerate(overrides):
-        if word == flag and i + 1 < len(overrides):
-            found = overrides[i + 1]
-        elif word.startswith(flag + "="):
-            found = word[len(flag) + 1 :]
-    return found
+DATA_SETTINGS = ("manifest", "labels", "uncertain")
+"""The data settings a study fixes before training (``study.json``)."""
 
 
-def data_settings(config: Path, overrides: Sequence[str]) -> dict[str, Any]:
-    """``data.manifest``, ``data.labels`` and ``data.uncertain`` from the config + overrides."""
-    try:
-        parsed = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{config}: not valid YAML ({exc})") from None
-    data = dict(parsed.get("data") or {}) if isinstance(parsed, Mapping) else {}
-    for key in ("manifest", "labels", "uncertain"):
-        value = override_value(overrides, f"data.{key}")
-        if value is not None:
-            data[key] = yaml.safe_load(value) if key == "labels" else value
+def check_data_settings(config: Path, data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data.manifest``, ``data.labels`` and ``data.uncertain`` as plain values, checked.
+
+    ``data`` is the ``data`` section of the config as ``medft fit`` resolves it (the
+    workflow asks LightningCLI), so the study splits the very manifest its folds train on.
+    """
     if not data.get("manifest"):
         raise ConfigError(
             f"{config}: no data.manifest; set it in the config or pass "
@@ -169,7 +156,7 @@ def data_settings(config: Path, overrides: Sequence[str]) -> dict[str, Any]:
     return {
         "manifest": str(data["manifest"]),
         "labels": None if labels is None else [str(v) for v in labels],
-        "uncertain": str(data.get("uncertain", "ignore")),
+        "uncertain": str(data.get("uncertain") or "ignore"),
     }
 
 
@@ -200,11 +187,16 @@ def prepare(
     out: str | Path,
     repeats: int = 1,
     seed: int = 0,
+    data: Mapping[str, Any],
     overrides: Sequence[str] = (),
     by: Sequence[str] = (),
     n_boot: int = 1000,
 ) -> dict[str, Any]:
     """Create (or check) a study folder: ``study.json`` and ``folds.csv``, before any training.
+
+    ``data`` is the config's ``data`` section as ``medft fit`` resolves it with the
+    overrides (:func:`medft.workflows.cv.resolved_data` asks LightningCLI); only its
+    ``manifest``, ``labels`` and ``uncertain`` are read.
 
     Safe to call from several jobs at once (a SLURM array): every job computes the same
     assignment from the same seed and writes it atomically. A folder holding a study with
@@ -217,7 +209,7 @@ def prepare(
     out.mkdir(parents=True, exist_ok=True)
     config_path = study_config(config, out)
     overrides = [str(o) for o in overrides]
-    settings = data_settings(config_path, overrides)
+    settings = check_data_settings(config_path, data)
     manifest = load_study_manifest(settings)
     study = {
         "config": str(config_path),

@@ -8,7 +8,9 @@ The study's folder layout is :mod:`medft.eval.study`; summarising and comparing 
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import json
 import shutil
 import time
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from medft import signals
 from medft._io import check_output_dir, write_json
@@ -41,6 +44,7 @@ from medft.eval.study import (
     read_study,
     relative_to,
     study_audit,
+    study_config,
 )
 from medft.inference import Predictor, skipped_table
 from medft.lightning_cli import best_checkpoint_path, last_checkpoint_path, run_lightning
@@ -162,6 +166,25 @@ def run_fold(
 # ------------------------------------------------------------------ the study
 
 
+def resolved_data(config: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The ``data`` section of ``config`` + ``overrides`` as ``medft fit`` itself resolves it.
+
+    LightningCLI parses them (``--print_config``: nothing is built or trained), so nested
+    config files, ``--data other.yaml``, ``--data.labels '[a, b]'`` and the data module's own
+    defaults all count, and a config that ``medft fit`` would refuse is refused here, before
+    the study folder is written.
+    """
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            run_lightning("fit", ["--config", str(config), *overrides, "--print_config"])
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            raise ConfigError(f"{config}: `medft fit` cannot parse this config") from None
+    resolved = yaml.safe_load(printed.getvalue()) or {}
+    return dict(resolved.get("data") or {})
+
+
 def run(
     config: str | Path | Mapping[str, Any],
     folds: int = 5,
@@ -199,9 +222,11 @@ def run(
     """
     say = (lambda *_: None) if quiet else print
     out = check_output_dir(out)
+    config_path = study_config(config, out)
+    overrides = [str(o) for o in overrides]
     study = prepare(
-        config, folds=folds, out=out, repeats=repeats, seed=seed, overrides=overrides, by=by,
-        n_boot=n_boot,
+        config_path, folds=folds, out=out, repeats=repeats, seed=seed,
+        data=resolved_data(config_path, overrides), overrides=overrides, by=by, n_boot=n_boot,
     )  # fmt: skip
     todo = fold_ids(study)
     if fold is not None:

@@ -50,6 +50,11 @@ def manifest(tmp_path: Path) -> Path:
     return tmp_path / "labels.csv"
 
 
+def _data(manifest: Path) -> dict:
+    """The data section `medft fit` would resolve from _config's YAML."""
+    return {"manifest": str(manifest), "labels": LABELS, "uncertain": "ignore"}
+
+
 def _config(tmp_path: Path, manifest: Path, name: str = "cv.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump({"data": {"manifest": str(manifest), "labels": LABELS}}))
@@ -90,14 +95,24 @@ def _fake_folds(out: Path, manifest: Path, *, noise: float, seed: int, skip: str
 @pytest.fixture
 def study(tmp_path: Path, manifest: Path) -> Path:
     out = tmp_path / "study_a"
-    cv.prepare(_config(tmp_path, manifest), folds=3, out=out, seed=0, by=["view"], n_boot=N_BOOT)
+    cv.prepare(
+        _config(tmp_path, manifest),
+        data=_data(manifest),
+        folds=3,
+        out=out,
+        seed=0,
+        by=["view"],
+        n_boot=N_BOOT,
+    )
     _fake_folds(out, manifest, noise=0.8, seed=1)
     return out
 
 
 def test_prepare_writes_patient_grouped_folds(tmp_path: Path, manifest: Path) -> None:
     out = tmp_path / "study"
-    settings = cv.prepare(_config(tmp_path, manifest), folds=3, out=out, repeats=2, seed=4)
+    settings = cv.prepare(
+        _config(tmp_path, manifest), data=_data(manifest), folds=3, out=out, repeats=2, seed=4
+    )
     folds = read_assignment(out / "folds.csv")
     assert set(folds.columns) == {"path", "patient_key", "repeat", "fold"}
     assert len(folds) == 2 * len(pd.read_csv(manifest))
@@ -114,24 +129,26 @@ def test_prepare_writes_patient_grouped_folds(tmp_path: Path, manifest: Path) ->
 def test_prepare_is_repeatable_but_refuses_other_settings(tmp_path: Path, manifest: Path):
     config = _config(tmp_path, manifest)
     out = tmp_path / "study"
-    cv.prepare(config, folds=3, out=out, seed=0)
+    cv.prepare(config, data=_data(manifest), folds=3, out=out, seed=0)
     before = (out / "folds.csv").read_bytes()
-    cv.prepare(config, folds=3, out=out, seed=0)  # a second job of the same study
+    cv.prepare(
+        config, data=_data(manifest), folds=3, out=out, seed=0
+    )  # a second job of the same study
     assert (out / "folds.csv").read_bytes() == before
     with pytest.raises(ConfigError, match="seed"):
-        cv.prepare(config, folds=3, out=out, seed=1)
+        cv.prepare(config, data=_data(manifest), folds=3, out=out, seed=1)
     with pytest.raises(ConfigError, match="folds"):
-        cv.prepare(config, folds=4, out=out, seed=0)
+        cv.prepare(config, data=_data(manifest), folds=4, out=out, seed=0)
 
 
-def test_prepare_takes_a_dict_and_overrides(tmp_path: Path, manifest: Path) -> None:
+def test_prepare_takes_a_dict_config(tmp_path: Path, manifest: Path) -> None:
     out = tmp_path / "study"
-    cv.prepare({"trainer": {"max_epochs": 1}}, folds=2, out=out,
-               overrides=["--data.manifest", str(manifest), "--data.labels=[Nodule]"])  # fmt: skip
+    data = {"manifest": str(manifest), "labels": ["Nodule"]}
+    cv.prepare({"trainer": {"max_epochs": 1}}, data=data, folds=2, out=out)
     assert yaml.safe_load((out / "config.yaml").read_text()) == {"trainer": {"max_epochs": 1}}
     assert json.loads((out / "study.json").read_text())["labels"] == ["Nodule"]
     with pytest.raises(ConfigError, match=r"data\.manifest"):
-        cv.prepare({"trainer": {}}, folds=2, out=tmp_path / "other")
+        cv.prepare({"trainer": {}}, data={}, folds=2, out=tmp_path / "other")
 
 
 def test_summary_equals_a_recomputation_from_oof_predictions(study: Path) -> None:
@@ -204,7 +221,7 @@ def test_aggregate_names_missing_folds(study: Path, capsys: pytest.CaptureFixtur
 
 def test_aggregate_counts_skipped_files(tmp_path: Path, manifest: Path) -> None:
     out = tmp_path / "study"
-    cv.prepare(_config(tmp_path, manifest), folds=3, out=out, n_boot=20)
+    cv.prepare(_config(tmp_path, manifest), data=_data(manifest), folds=3, out=out, n_boot=20)
     bad = pd.read_csv(manifest)["path"].iloc[4]
     _fake_folds(out, manifest, noise=0.8, seed=1, skip=bad)
     summary = cv.aggregate(out)
@@ -223,7 +240,8 @@ def test_study_audit_runs_once_and_its_warning_reaches_the_summary(
     config.write_text(yaml.safe_dump({"data": {"manifest": str(data.labels_csv),
                                                "labels": ["abnormal"]}}))  # fmt: skip
     out = tmp_path / "study"
-    cv.prepare(config, folds=3, out=out, seed=0, n_boot=N_BOOT)
+    section = {"manifest": str(data.labels_csv), "labels": ["abnormal"]}
+    cv.prepare(config, data=section, folds=3, out=out, seed=0, n_boot=N_BOOT)
     said: list[str] = []
     warning = cv.study_audit(out, say=said.append)
     assert warning and "manufacturer" in warning
@@ -262,7 +280,14 @@ def test_compare_is_paired_on_the_same_folds(
     tmp_path: Path, manifest: Path, study: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     other = tmp_path / "study_b"
-    cv.prepare(_config(tmp_path, manifest, "b.yaml"), folds=3, out=other, seed=0, n_boot=N_BOOT)
+    cv.prepare(
+        _config(tmp_path, manifest, "b.yaml"),
+        data=_data(manifest),
+        folds=3,
+        out=other,
+        seed=0,
+        n_boot=N_BOOT,
+    )
     _fake_folds(other, manifest, noise=1.5, seed=2)
     result = cv.compare(study, other, n_boot=N_BOOT, seed=0)
     folds_a = cv.fold_metrics(pd.read_csv(study / "fold_0/predictions.csv"), LABELS)
@@ -297,7 +322,9 @@ def test_compare_is_paired_on_the_same_folds(
 
 def test_compare_refuses_different_folds(tmp_path: Path, manifest: Path, study: Path) -> None:
     other = tmp_path / "study_c"
-    cv.prepare(_config(tmp_path, manifest, "c.yaml"), folds=3, out=other, seed=7)
+    cv.prepare(
+        _config(tmp_path, manifest, "c.yaml"), data=_data(manifest), folds=3, out=other, seed=7
+    )
     _fake_folds(other, manifest, noise=1.0, seed=3)
     with pytest.raises(ConfigError, match="same folds"):
         cv.compare(study, other)
@@ -312,7 +339,7 @@ def test_run_refuses_a_fold_out_of_range(tmp_path: Path, manifest: Path) -> None
 
 def test_interrupted_fold_needs_resume(tmp_path: Path, manifest: Path) -> None:
     out = tmp_path / "s"
-    cv.prepare(_config(tmp_path, manifest), folds=3, out=out)
+    cv.prepare(_config(tmp_path, manifest), data=_data(manifest), folds=3, out=out)
     partial = cv.fold_dir(out, cv.FoldId(0, 0), 1)
     partial.mkdir()
     (partial / "splits.csv").write_text("path\n")
