@@ -179,6 +179,8 @@ def test_cv_reports_folds_as_lines(
 
     ran: list[object] = []
     monkeypatch.setattr(cv, "prepare", lambda *a, **k: {"repeats": 1, "folds": 3})
+    monkeypatch.setattr(cv, "study_config", lambda config, out: config)
+    monkeypatch.setattr(cv, "resolved_data", lambda *a, **k: {})
     monkeypatch.setattr(cv, "study_audit", lambda *a, **k: None)
     monkeypatch.setattr(cv, "run_fold", lambda study, out, fid, **k: ran.append(fid))
     monkeypatch.setattr(cv, "missing_folds", lambda out: [cv.FoldId(0, 0)])
