@@ -163,6 +163,10 @@ class StopOnSignal(Callback):
         """From here on, a first signal waits for the batch to end."""
         signals.fit_running(True)
 
+    def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
+        """Lightning has just registered its SIGTERM handler: SIGTERM is medft's again."""
+        signals.take_back_sigterm()
+
     def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
         """Save and stop if a signal arrived (on any rank)."""
         stop = trainer.strategy.reduce_boolean_decision(signals.received() is not None, all=False)

@@ -25,9 +25,10 @@ __all__ = [
     "raise_if_received",
     "received",
     "reset",
+    "take_back_sigterm",
 ]
 
-_state: dict[str, int | bool | None] = {"signum": None, "fit": False}
+_state: dict[str, int | bool | None] = {"signum": None, "fit": False, "installed": False}
 
 
 class Interrupted(BaseException):
@@ -87,9 +88,6 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 def install() -> bool:
     """Handle SIGTERM and SIGINT as described above (main thread only).
 
-    Lightning adds its own SIGTERM handler at the start of a fit and keeps calling this
-    one too, so the two cooperate.
-
     Returns:
         Whether the handlers were installed (not from a non-main thread).
     """
@@ -98,4 +96,23 @@ def install() -> bool:
     reset()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _handler)
+    _state["installed"] = True
+    return True
+
+
+def take_back_sigterm() -> bool:
+    """Make SIGTERM medft's again after Lightning registered its own handler for a fit.
+
+    Lightning's handler sets a flag that ends the fit at the next epoch end (or just after
+    the batch hooks) with ``SIGTERMException``, before :class:`StopOnSignal
+    <medft.lightning_cli.StopOnSignal>` can save ``last.ckpt`` at a batch: a SIGTERM during
+    validation stopped the run with nothing saved. Only where :func:`install` ran (the
+    ``medft`` command); Lightning restores the previous handler at the end of the fit.
+
+    Returns:
+        Whether SIGTERM was taken back.
+    """
+    if not _state["installed"] or threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(signal.SIGTERM, _handler)
     return True

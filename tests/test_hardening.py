@@ -469,6 +469,46 @@ def test_fit_stopped_by_a_signal_saves_last_ckpt_and_exits_non_zero(
     assert after["epoch"] < 49
 
 
+def test_sigterm_during_validation_still_saves_last_ckpt_at_the_next_batch(
+    tiny_dataset: Path, fit_args, tmp_path: Path
+) -> None:
+    """Lightning's own SIGTERM flag used to end the fit at the epoch end, nothing saved.
+
+    The signal is sent from inside validation of epoch 0, deterministically: medft's handler
+    must get it, so training stops after the next batch with last.ckpt saved there.
+    """
+    import os
+    import signal
+
+    from lightning.pytorch.callbacks import Callback
+
+    from medft import signals
+    from medft.lightning_cli import run_lightning
+
+    class TermDuringValidation(Callback):
+        def on_validation_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == 0 and trainer.global_step > 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    run = tmp_path / "run"
+    args = fit_args(tiny_dataset, run, "--data.batch_size", "4", "--checkpoint.monitor", "null")
+    cli = run_lightning("fit", args, run=False)
+    cli.trainer.callbacks.append(TermDuringValidation())
+    signals.install()
+    try:
+        with pytest.raises(signals.Interrupted) as stopped:
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signals.reset()
+    assert stopped.value.signum == signal.SIGTERM
+    assert "saved" in str(stopped.value)
+    steps_per_epoch = cli.trainer.num_training_batches
+    saved = _read_ckpt(run / "checkpoints" / "last.ckpt")
+    assert saved["epoch"] == 1 and saved["global_step"] == steps_per_epoch + 1
+
+
 @pytest.mark.slow
 def test_cv_stopped_by_sigterm_exits_143_writes_no_done_and_resumes(
     tiny_dataset: Path, tmp_path: Path
